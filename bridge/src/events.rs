@@ -1,0 +1,120 @@
+//! Everything the bridge reports: one struct per occurrence, whose `emit()` writes
+//! the log line and the metric together. Labels stay bounded (route, reason).
+
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+
+use crate::producer::DeliveryError;
+
+/// Records Kafka confirmed, by `route`.
+pub const KAFKA_DELIVERED_TOTAL: &str = "tributary_kafka_delivered_total";
+/// Records Kafka did not confirm, by `route` and `reason`.
+pub const KAFKA_DELIVERY_FAILURES_TOTAL: &str = "tributary_kafka_delivery_failures_total";
+/// Time from enqueue to Kafka's positive delivery report, by `route`.
+pub const KAFKA_DELIVERY_SECONDS: &str = "tributary_kafka_delivery_seconds";
+/// Client-level errors librdkafka reported (broker down, auth…), by `reason`.
+pub const KAFKA_CLIENT_ERRORS_TOTAL: &str = "tributary_kafka_client_errors_total";
+/// 1 while the last metadata fetch succeeded, else 0.
+pub const KAFKA_UP: &str = "tributary_kafka_up";
+
+/// Kafka confirmed one record.
+pub struct Delivered<'a> {
+    pub route: &'a str,
+    pub latency: Duration,
+}
+
+impl Delivered<'_> {
+    pub fn emit(self) {
+        let route = self.route.to_owned();
+        metrics::counter!(KAFKA_DELIVERED_TOTAL, "route" => route.clone()).increment(1);
+        metrics::histogram!(KAFKA_DELIVERY_SECONDS, "route" => route)
+            .record(self.latency.as_secs_f64());
+    }
+}
+
+/// One record is not in Kafka. Logged at debug level per record; callers that
+/// speak to devices log bursts once.
+pub struct DeliveryFailed<'a> {
+    pub route: &'a str,
+    pub error: &'a DeliveryError,
+}
+
+impl DeliveryFailed<'_> {
+    pub fn emit(self) {
+        tracing::debug!(route = self.route, reason = self.error.reason(), error = %self.error, "Kafka delivery failed");
+        metrics::counter!(
+            KAFKA_DELIVERY_FAILURES_TOTAL,
+            "route" => self.route.to_owned(),
+            "reason" => self.error.reason()
+        )
+        .increment(1);
+    }
+}
+
+/// librdkafka reported a client-level error (not tied to one record).
+pub struct KafkaClientError<'a> {
+    pub error: &'a KafkaError,
+    pub reason: &'a str,
+}
+
+impl KafkaClientError<'_> {
+    pub fn emit(self) {
+        let code = self
+            .error
+            .rdkafka_error_code()
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "other".into());
+        tracing::warn!(error = %self.error, reason = self.reason, "Kafka client error");
+        metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => code).increment(1);
+    }
+}
+
+/// A log line from librdkafka itself.
+pub struct LibrdkafkaLog<'a> {
+    pub level: RDKafkaLogLevel,
+    pub facility: &'a str,
+    pub message: &'a str,
+}
+
+impl LibrdkafkaLog<'_> {
+    pub fn emit(self) {
+        let (facility, message) = (self.facility, self.message);
+        match self.level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+}
+
+/// The result of one metadata probe.
+pub struct MetadataProbed<'a> {
+    pub result: &'a Result<usize, KafkaError>,
+    /// Whether the previous probe succeeded, so only changes are logged.
+    pub was_up: bool,
+}
+
+impl MetadataProbed<'_> {
+    pub fn emit(self) {
+        match (self.result, self.was_up) {
+            (Ok(brokers), false) => {
+                tracing::info!(brokers, "Kafka metadata fetched: Kafka is reachable")
+            }
+            (Err(error), true) => {
+                tracing::warn!(%error, "Kafka metadata fetch failed: Kafka is unreachable")
+            }
+            _ => {}
+        }
+        metrics::gauge!(KAFKA_UP).set(if self.result.is_ok() { 1.0 } else { 0.0 });
+    }
+}

@@ -1,0 +1,23 @@
+//! The Kafka side of Tributary: which MQTT publishes go to Kafka (routes), what
+//! record each becomes, and the producer that reports whether Kafka has it.
+//!
+//! This crate knows nothing of MQTT connections; it never decides when a device is
+//! acknowledged, it only reports truthfully what Kafka said.
+
+pub mod config;
+pub mod events;
+pub mod health;
+pub mod problems;
+pub mod producer;
+pub mod record;
+pub mod route;
+
+pub use config::KafkaConfig;
+pub use health::{spawn_metadata_probe, KafkaHealth};
+pub use problems::{Problem, Problems};
+pub use producer::{Delivered, DeliveryError, PendingDelivery, Producer};
+pub use record::{MqttPublish, Record};
+pub use route::{KeySource, Route, RouteConfig, RouteTable};
+
+#[cfg(feature = "testing")]
+pub mod testing;

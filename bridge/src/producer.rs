@@ -1,0 +1,280 @@
+//! The one Kafka producer the gateway shares, and its delivery reports.
+//!
+//! Sending is two steps so callers can keep order: [`Producer::enqueue`] places the
+//! record in librdkafka's queue (in call order; it waits, never drops, when the
+//! queue is full) and returns a [`PendingDelivery`] that resolves to Kafka's own
+//! delivery report. Nothing here ever reports success that Kafka did not report.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use thiserror::Error;
+
+use crate::config::KafkaConfig;
+use crate::events;
+use crate::record::Record;
+
+/// First pause before retrying an enqueue into a full local queue; doubles up to
+/// [`QUEUE_FULL_MAX_BACKOFF`].
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
+const QUEUE_FULL_MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Where Kafka stored a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a record is not (known to be) in Kafka. Every variant means: do not
+/// acknowledge the publish as delivered.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// Kafka's delivery report was negative (including librdkafka's own
+    /// `delivery_timeout_ms` expiring).
+    #[error("Kafka did not accept the record: {0}")]
+    Rejected(RDKafkaErrorCode),
+    /// The record never entered the producer's queue.
+    #[error("the record could not be queued for Kafka: {0}")]
+    NotQueued(RDKafkaErrorCode),
+    /// The local queue stayed full for the whole delivery timeout.
+    #[error("the producer queue stayed full for {0:?}")]
+    QueueFull(Duration),
+    /// The producer went away before reporting (shutdown).
+    #[error("the producer stopped before Kafka reported on the record")]
+    Canceled,
+}
+
+impl DeliveryError {
+    /// A short, bounded label for metrics and MQTT reason mapping.
+    pub fn reason(&self) -> &'static str {
+        let code = match self {
+            DeliveryError::QueueFull(_) => return "queue_full",
+            DeliveryError::Canceled => return "canceled",
+            DeliveryError::Rejected(code) | DeliveryError::NotQueued(code) => *code,
+        };
+        match code {
+            RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut => "timeout",
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => {
+                "message_too_large"
+            }
+            RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed => "not_authorized",
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::InvalidTopic => "unknown_topic",
+            RDKafkaErrorCode::QueueFull => "queue_full",
+            _ => "kafka_error",
+        }
+    }
+
+    /// True when sending the same record again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self.reason(),
+            "message_too_large" | "not_authorized" | "unknown_topic"
+        )
+    }
+}
+
+/// Routes librdkafka's log lines and client errors into our logs and metrics.
+pub struct BridgeContext;
+
+impl ClientContext for BridgeContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        events::LibrdkafkaLog {
+            level,
+            facility,
+            message,
+        }
+        .emit();
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        events::KafkaClientError {
+            error: &error,
+            reason,
+        }
+        .emit();
+    }
+}
+
+/// The gateway's producer: cheap to clone, one librdkafka instance behind it.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer<BridgeContext>,
+    delivery_timeout: Duration,
+}
+
+impl Producer {
+    /// Creates the producer. It connects lazily; an unreachable Kafka is not an
+    /// error here (see the metadata probe).
+    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        let mut client = config.producer_config();
+        client.set_log_level(RDKafkaLogLevel::Info);
+        let inner = client.create_with_context(BridgeContext)?;
+        Ok(Producer {
+            inner,
+            delivery_timeout: config.delivery_timeout(),
+        })
+    }
+
+    /// Queues `record` for Kafka, in call order. When the local queue is full it
+    /// waits (backpressure) for at most the delivery timeout.
+    pub async fn enqueue(&self, record: Record) -> Result<PendingDelivery, DeliveryError> {
+        let started = Instant::now();
+        let mut backoff = QUEUE_FULL_BACKOFF;
+        let mut future_record = FutureRecord::to(&record.topic)
+            .payload(&record.payload[..])
+            .headers(record.headers.clone());
+        if let Some(key) = &record.key {
+            future_record = future_record.key(&key[..]);
+        }
+        loop {
+            match self.inner.send_result(future_record) {
+                Ok(delivery) => {
+                    return Ok(PendingDelivery {
+                        delivery,
+                        route: record.route,
+                        started,
+                    });
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if started.elapsed() >= self.delivery_timeout {
+                        let err = DeliveryError::QueueFull(self.delivery_timeout);
+                        events::DeliveryFailed {
+                            route: &record.route,
+                            error: &err,
+                        }
+                        .emit();
+                        return Err(err);
+                    }
+                    future_record = back;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(QUEUE_FULL_MAX_BACKOFF);
+                }
+                Err((err, _)) => {
+                    let err = DeliveryError::NotQueued(
+                        err.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                    );
+                    events::DeliveryFailed {
+                        route: &record.route,
+                        error: &err,
+                    }
+                    .emit();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Queues `record` and waits for Kafka's delivery report.
+    pub async fn send(&self, record: Record) -> Result<Delivered, DeliveryError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Records queued or in flight to Kafka, not yet reported on.
+    pub fn in_flight(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+
+    /// Waits (off the async runtime) until every queued record is reported on, or
+    /// `timeout` passes.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.flush(Timeout::After(timeout)))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// Fetches cluster metadata (off the async runtime); returns the broker count.
+    pub async fn fetch_metadata(&self, timeout: Duration) -> Result<usize, KafkaError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|metadata| metadata.brokers().len())
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+/// A queued record's delivery report, still to come.
+#[must_use = "a delivery that is not awaited tells nobody whether the record is in Kafka"]
+pub struct PendingDelivery {
+    delivery: DeliveryFuture,
+    route: std::sync::Arc<str>,
+    started: Instant,
+}
+
+impl Future for PendingDelivery {
+    type Output = Result<Delivered, DeliveryError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let report = match Pin::new(&mut self.delivery).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(report) => report,
+        };
+        let result = match report {
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((err, _message))) => Err(DeliveryError::Rejected(
+                err.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+            )),
+            Err(_canceled) => Err(DeliveryError::Canceled),
+        };
+        match &result {
+            Ok(_) => events::Delivered {
+                route: &self.route,
+                latency: self.started.elapsed(),
+            }
+            .emit(),
+            Err(error) => events::DeliveryFailed {
+                route: &self.route,
+                error,
+            }
+            .emit(),
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_bounded_labels() {
+        assert_eq!(
+            DeliveryError::Rejected(RDKafkaErrorCode::MessageTimedOut).reason(),
+            "timeout"
+        );
+        assert_eq!(
+            DeliveryError::Rejected(RDKafkaErrorCode::TopicAuthorizationFailed).reason(),
+            "not_authorized"
+        );
+        assert_eq!(
+            DeliveryError::QueueFull(Duration::from_secs(1)).reason(),
+            "queue_full"
+        );
+        assert_eq!(
+            DeliveryError::Rejected(RDKafkaErrorCode::NotEnoughReplicas).reason(),
+            "kafka_error"
+        );
+        assert!(DeliveryError::Rejected(RDKafkaErrorCode::MessageTimedOut).is_transient());
+        assert!(!DeliveryError::NotQueued(RDKafkaErrorCode::MessageSizeTooLarge).is_transient());
+    }
+}

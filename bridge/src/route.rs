@@ -1,0 +1,396 @@
+//! Routes: which MQTT topics go to which Kafka topic, and with which key.
+//!
+//! The table is compiled once from config into a trie keyed by topic level, so a
+//! lookup costs the depth of the topic (times the wildcards on the way), not the
+//! number of filters. It answers only "which routes match"; it never decides whether
+//! a message may be acknowledged.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::problems::Problems;
+
+/// Longest MQTT topic filter or name, in bytes ([MQTT-1.5.3], a UTF-8 string's
+/// two-byte length prefix).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+/// Longest Kafka topic name the brokers accept.
+pub const MAX_KAFKA_TOPIC_CHARS: usize = 249;
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name of the route, unique; appears as the `route` label on metrics, so it
+    /// may hold only ASCII letters, digits, `_` and `-`.
+    pub name: String,
+    /// MQTT topic filters (with `+` and `#` wildcards) whose publishes this route
+    /// forwards. A publish matching several filters of one route is forwarded once.
+    pub mqtt_filters: Vec<String>,
+    /// Kafka topic the records are written to.
+    pub kafka_topic: String,
+    /// What the Kafka record key is: the MQTT `topic`, the publisher's `client_id`,
+    /// or `none` (no key: the producer's partitioner spreads records).
+    #[serde(default)]
+    pub key: KeySource,
+}
+
+/// Where a record's Kafka key comes from.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// The MQTT topic name: one topic's messages stay in order in one partition.
+    #[default]
+    Topic,
+    /// The publishing client's id: one device's messages stay in order.
+    ClientId,
+    /// No key.
+    None,
+}
+
+/// A compiled route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub kafka_topic: Arc<str>,
+    pub key: KeySource,
+}
+
+/// Checks one MQTT topic filter's syntax ([MQTT-4.7.1]); `None` when valid.
+pub fn filter_problem(filter: &str) -> Option<String> {
+    if filter.is_empty() {
+        return Some("a topic filter must not be empty [MQTT-4.7.3-1]".into());
+    }
+    if filter.len() > MAX_TOPIC_BYTES {
+        return Some(format!("longer than {MAX_TOPIC_BYTES} bytes"));
+    }
+    if filter.contains('\0') {
+        return Some("must not contain the null character [MQTT-4.7.3-2]".into());
+    }
+    if filter.starts_with("$share/") {
+        return Some(
+            "shared subscriptions are for subscribers; a route matches published topic names"
+                .into(),
+        );
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Some("'#' must be the last level and alone in it [MQTT-4.7.1-2]".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Some("'+' must occupy a whole level [MQTT-4.7.1-3]".into());
+        }
+    }
+    None
+}
+
+/// Checks a Kafka topic name the way the brokers do; `None` when valid.
+pub fn kafka_topic_problem(topic: &str) -> Option<String> {
+    if topic.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if topic == "." || topic == ".." {
+        return Some("'.' and '..' are not valid Kafka topic names".into());
+    }
+    if topic.chars().count() > MAX_KAFKA_TOPIC_CHARS {
+        return Some(format!("longer than {MAX_KAFKA_TOPIC_CHARS} characters"));
+    }
+    if let Some(bad) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Some(format!(
+            "'{bad}' is not allowed in a Kafka topic name (only ASCII letters, digits, '.', '_', '-')"
+        ));
+    }
+    None
+}
+
+/// Validates every route, recording each problem under `routes[i]…`.
+pub fn validate_routes(routes: &[RouteConfig], problems: &mut Problems) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, route) in routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if route.name.is_empty() {
+            problems.push(format!("{at}.name"), "must not be empty");
+        } else if let Some(bad) = route
+            .name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+        {
+            problems.push(
+                format!("{at}.name"),
+                format!("'{bad}' is not allowed (only ASCII letters, digits, '_', '-')"),
+            );
+        } else if let Some(first) = seen.insert(&route.name, i) {
+            problems.push(
+                format!("{at}.name"),
+                format!("'{}' is already the name of routes[{first}]", route.name),
+            );
+        }
+        if route.mqtt_filters.is_empty() {
+            problems.push(
+                format!("{at}.mqtt_filters"),
+                "needs at least one MQTT topic filter",
+            );
+        }
+        for (j, filter) in route.mqtt_filters.iter().enumerate() {
+            if let Some(message) = filter_problem(filter) {
+                problems.push(format!("{at}.mqtt_filters[{j}]"), message);
+            }
+        }
+        if let Some(message) = kafka_topic_problem(&route.kafka_topic) {
+            problems.push(format!("{at}.kafka_topic"), message);
+        }
+    }
+}
+
+/// Index of a route in [`RouteTable::routes`].
+type RouteId = usize;
+
+#[derive(Debug, Default)]
+struct Node {
+    literal: HashMap<Box<str>, Node>,
+    plus: Option<Box<Node>>,
+    /// Routes whose filter ends here with `/#`: they match this level and below.
+    hash: Vec<RouteId>,
+    /// Routes whose filter ends exactly here.
+    exact: Vec<RouteId>,
+}
+
+/// The compiled route table.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    root: Node,
+}
+
+impl RouteTable {
+    /// Compiles validated routes; on invalid input returns every problem.
+    pub fn compile(configs: &[RouteConfig]) -> Result<Self, Problems> {
+        let mut problems = Problems::new();
+        validate_routes(configs, &mut problems);
+        problems.into_result()?;
+
+        let mut table = RouteTable::default();
+        for (id, config) in configs.iter().enumerate() {
+            table.routes.push(Route {
+                name: config.name.as_str().into(),
+                kafka_topic: config.kafka_topic.as_str().into(),
+                key: config.key,
+            });
+            for filter in &config.mqtt_filters {
+                table.insert(filter, id);
+            }
+        }
+        Ok(table)
+    }
+
+    fn insert(&mut self, filter: &str, id: RouteId) {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            match level {
+                "#" => {
+                    push_unique(&mut node.hash, id);
+                    return;
+                }
+                "+" => node = node.plus.get_or_insert_with(Box::default),
+                _ => node = node.literal.entry(level.into()).or_default(),
+            }
+        }
+        push_unique(&mut node.exact, id);
+    }
+
+    /// All routes, in configuration order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The routes a publish to `topic` must be forwarded to, each once, in
+    /// configuration order. A topic starting with `$` is not matched by a filter
+    /// starting with a wildcard [MQTT-4.7.2-1].
+    pub fn matches(&self, topic: &str) -> Vec<&Route> {
+        let mut ids = HashSet::new();
+        let levels: Vec<&str> = topic.split('/').collect();
+        let system = topic.starts_with('$');
+        collect(&self.root, &levels, system, &mut ids);
+        let mut ids: Vec<RouteId> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|id| &self.routes[id]).collect()
+    }
+}
+
+fn push_unique(ids: &mut Vec<RouteId>, id: RouteId) {
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
+}
+
+/// Walks the trie for the remaining `levels`; `at_root_of_system` forbids wildcards
+/// at the first level of a `$` topic.
+fn collect(node: &Node, levels: &[&str], at_root_of_system: bool, out: &mut HashSet<RouteId>) {
+    if !at_root_of_system {
+        // `a/#` matches `a` itself as well as everything below it [MQTT-4.7.1-2].
+        out.extend(node.hash.iter().copied());
+    }
+    let Some((level, rest)) = levels.split_first() else {
+        out.extend(node.exact.iter().copied());
+        return;
+    };
+    if let Some(child) = node.literal.get(*level) {
+        collect(child, rest, false, out);
+    }
+    if !at_root_of_system {
+        if let Some(child) = &node.plus {
+            collect(child, rest, false, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, filters: &[&str], topic: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            mqtt_filters: filters.iter().map(|f| f.to_string()).collect(),
+            kafka_topic: topic.into(),
+            key: KeySource::Topic,
+        }
+    }
+
+    fn names(table: &RouteTable, topic: &str) -> Vec<String> {
+        table
+            .matches(topic)
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn wildcards_match_as_mqtt_defines() {
+        let table = RouteTable::compile(&[
+            route("all_sensors", &["sensors/#"], "sensors"),
+            route("temps", &["sensors/+/temp"], "temps"),
+            route("exact", &["sensors/room1/temp"], "exact"),
+            route("everything", &["#"], "all"),
+        ])
+        .unwrap();
+        assert_eq!(
+            names(&table, "sensors/room1/temp"),
+            ["all_sensors", "temps", "exact", "everything"]
+        );
+        assert_eq!(
+            names(&table, "sensors/room2/temp"),
+            ["all_sensors", "temps", "everything"]
+        );
+        // `sensors/#` also matches the parent level itself.
+        assert_eq!(names(&table, "sensors"), ["all_sensors", "everything"]);
+        assert_eq!(
+            names(&table, "sensors/room1/temp/extra"),
+            ["all_sensors", "everything"]
+        );
+        // `+` matches exactly one level, including an empty one.
+        assert_eq!(
+            names(&table, "sensors//temp"),
+            ["all_sensors", "temps", "everything"]
+        );
+        assert_eq!(names(&table, "other/x"), ["everything"]);
+    }
+
+    #[test]
+    fn no_match_returns_nothing() {
+        let table = RouteTable::compile(&[route("t", &["sensors/+"], "s")]).unwrap();
+        assert!(table.matches("actuators/1").is_empty());
+        assert!(table.matches("sensors").is_empty());
+        assert!(table.matches("sensors/a/b").is_empty());
+        assert!(
+            table.matches("Sensors/a").is_empty(),
+            "matching is case sensitive"
+        );
+    }
+
+    #[test]
+    fn system_topics_are_not_matched_by_leading_wildcards() {
+        let table = RouteTable::compile(&[
+            route("hash", &["#"], "a"),
+            route("plus", &["+/info"], "b"),
+            route("sys", &["$SYS/#"], "c"),
+        ])
+        .unwrap();
+        assert_eq!(names(&table, "$SYS/info"), ["sys"]);
+        assert_eq!(names(&table, "dev/info"), ["hash", "plus"]);
+    }
+
+    #[test]
+    fn a_route_with_overlapping_filters_matches_once() {
+        let table = RouteTable::compile(&[route("r", &["a/#", "a/+", "a/b", "a/b"], "t")]).unwrap();
+        assert_eq!(names(&table, "a/b"), ["r"]);
+    }
+
+    #[test]
+    fn large_tables_match_without_scanning() {
+        let configs: Vec<RouteConfig> = (0..10_000)
+            .map(|i| route(&format!("r{i}"), &[&format!("site/{i}/+/temp")], "t"))
+            .collect();
+        let table = RouteTable::compile(&configs).unwrap();
+        assert_eq!(names(&table, "site/4242/dev7/temp"), ["r4242"]);
+        assert!(table.matches("site/10001/dev/temp").is_empty());
+    }
+
+    #[test]
+    fn invalid_filters_are_named() {
+        for (filter, fragment) in [
+            ("", "empty"),
+            ("a/#/b", "'#' must be the last level"),
+            ("a/b#", "'#' must be the last level"),
+            ("a/b+/c", "'+' must occupy a whole level"),
+            ("$share/g/a", "shared subscriptions"),
+            ("a\0b", "null character"),
+        ] {
+            let message = filter_problem(filter).unwrap_or_default();
+            assert!(message.contains(fragment), "{filter:?}: {message}");
+        }
+        for ok in ["#", "+", "a/+/b/#", "/", "a//b", "$SYS/#"] {
+            assert_eq!(filter_problem(ok), None, "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn every_route_problem_is_reported_with_its_path() {
+        let err = RouteTable::compile(&[
+            route("ok", &["a/#"], "fine"),
+            route("ok", &["b"], "t"),
+            route("bad name", &[], "x y"),
+            route("r3", &["c/#/d", "e"], "t"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "routes[1].name: 'ok' is already the name of routes[0]",
+            "routes[2].name: ' ' is not allowed",
+            "routes[2].mqtt_filters: needs at least one",
+            "routes[2].kafka_topic: ' ' is not allowed",
+            "routes[3].mqtt_filters[0]: '#' must be the last level",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(err.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn kafka_topic_names_follow_kafka_rules() {
+        assert_eq!(kafka_topic_problem("sensors.v1_raw-2"), None);
+        assert!(kafka_topic_problem("").is_some());
+        assert!(kafka_topic_problem("..").is_some());
+        assert!(kafka_topic_problem("a/b").is_some());
+        assert!(kafka_topic_problem(&"x".repeat(250)).is_some());
+    }
+}

@@ -1,0 +1,422 @@
+//! The whole configuration, composed from each crate's section.
+//!
+//! Three steps: layer (file, then `TRIBUTARY__SECTION__KEY` environment variables),
+//! deserialise strictly (unknown fields are errors), validate. Each section is
+//! deserialised on its own so that one typo does not hide the next: every problem
+//! is reported at once, each with its path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Environment, File, FileFormat, Value};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use thiserror::Error;
+use tributary_bridge::{route::validate_routes, KafkaConfig, Problems, RouteConfig};
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "conf/tributary.toml";
+/// Prefix of environment overrides: `TRIBUTARY__KAFKA__BOOTSTRAP_SERVERS=…`.
+pub const ENV_PREFIX: &str = "TRIBUTARY";
+pub const ENV_SEPARATOR: &str = "__";
+
+pub const DEFAULT_MQTT_LISTEN: &str = "0.0.0.0:1883";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+
+/// Top-level section names, for the unknown-section check.
+const SECTIONS: &[&str] = &[
+    "mqtt",
+    "http",
+    "log",
+    "kafka",
+    "routes",
+    "shutdown_timeout_ms",
+];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub routes: Vec<RouteConfig>,
+    /// How long shutdown waits for in-flight Kafka deliveries, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// The `[mqtt]` section: the device-facing listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Address the plain-TCP MQTT listener binds (MQTT 3.1.1 and 5 on one port).
+    pub listen: String,
+    /// Most device connections served at once; further connections are refused
+    /// at accept and counted.
+    pub max_connections: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: DEFAULT_MQTT_LISTEN.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// The `[http]` section: metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address serving `/metrics` (Prometheus), `/healthz` and `/readyz`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: DEFAULT_HTTP_LISTEN.into(),
+        }
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (default) or `json` (one object per line, for log shippers).
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,tributary=debug`; the `RUST_LOG`
+    /// environment variable wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: DEFAULT_LOG_LEVEL.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid configuration:\n{0}")]
+    Invalid(Problems),
+}
+
+impl Config {
+    /// Loads `path` (or [`DEFAULT_CONFIG_PATH`] when present, else built-in
+    /// defaults), applies environment overrides, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = Environment::with_prefix(ENV_PREFIX)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true);
+        Self::load_with(path, env)
+    }
+
+    fn load_with(path: Option<&Path>, env: Environment) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let mut builder = config::Config::builder();
+        if let Some(file) = &file {
+            builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
+        }
+        let layered = builder
+            .add_source(env)
+            .build()
+            .map_err(|source| ConfigError::Read {
+                path: file.clone().unwrap_or_default(),
+                source,
+            })?;
+        Self::from_layered(&layered).map_err(ConfigError::Invalid)
+    }
+
+    /// Parses a TOML document (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let layered = config::Config::builder()
+            .add_source(File::from_str(text, FileFormat::Toml))
+            .build()
+            .map_err(|source| ConfigError::Read {
+                path: PathBuf::from("<inline>"),
+                source,
+            })?;
+        Self::from_layered(&layered).map_err(ConfigError::Invalid)
+    }
+
+    fn from_layered(layered: &config::Config) -> Result<Config, Problems> {
+        let mut problems = Problems::new();
+        if let Ok(table) = layered
+            .clone()
+            .try_deserialize::<config::Map<String, Value>>()
+        {
+            for key in table.keys() {
+                if !SECTIONS.contains(&key.as_str()) {
+                    problems.push(
+                        key.clone(),
+                        format!("unknown section, expected one of {}", SECTIONS.join(", ")),
+                    );
+                }
+            }
+        }
+        let mut config = Config {
+            mqtt: section(layered, "mqtt", &mut problems),
+            http: section(layered, "http", &mut problems),
+            log: section(layered, "log", &mut problems),
+            kafka: section(layered, "kafka", &mut problems),
+            routes: routes(layered, &mut problems),
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        };
+        match layered.get::<u64>("shutdown_timeout_ms") {
+            Ok(ms) => config.shutdown_timeout_ms = ms,
+            Err(config::ConfigError::NotFound(_)) => {}
+            Err(err) => problems.push("shutdown_timeout_ms", strip_key_suffix(&err.to_string())),
+        }
+        config.validate(&mut problems);
+        problems.into_result().map(|()| config)
+    }
+
+    /// Records every semantic problem (types are already right).
+    pub fn validate(&self, problems: &mut Problems) {
+        if self.mqtt.listen.parse::<SocketAddr>().is_err() {
+            problems.push(
+                "mqtt.listen",
+                format!("'{}' is not an address like 0.0.0.0:1883", self.mqtt.listen),
+            );
+        }
+        if self.mqtt.max_connections == 0 {
+            problems.push("mqtt.max_connections", "must be at least 1");
+        }
+        match self.http.listen.parse::<SocketAddr>() {
+            Err(_) => problems.push(
+                "http.listen",
+                format!("'{}' is not an address like 0.0.0.0:9464", self.http.listen),
+            ),
+            // Port 0 asks the OS for a free port each time, so it may repeat.
+            Ok(http) if http.port() != 0 && self.http.listen == self.mqtt.listen => {
+                problems.push("http.listen", "must differ from mqtt.listen")
+            }
+            Ok(_) => {}
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push("log.level", format!("not a valid filter: {err}"));
+        }
+        self.kafka.validate(problems);
+        validate_routes(&self.routes, problems);
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt.listen.parse().expect("validated")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.listen.parse().expect("validated")
+    }
+}
+
+/// Deserialises one section, or its default when absent.
+fn section<T: DeserializeOwned + Default>(
+    layered: &config::Config,
+    key: &str,
+    problems: &mut Problems,
+) -> T {
+    match layered.get::<Value>(key) {
+        Ok(value) => deserialize(value, key, problems).unwrap_or_default(),
+        Err(config::ConfigError::NotFound(_)) => T::default(),
+        Err(err) => {
+            problems.push(key, err.to_string());
+            T::default()
+        }
+    }
+}
+
+/// Deserialises `value` found at `at`, naming the exact field of any error.
+fn deserialize<T: DeserializeOwned>(value: Value, at: &str, problems: &mut Problems) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            let path = err.path().to_string();
+            let path = if path == "." {
+                at.to_owned()
+            } else {
+                format!("{at}.{path}")
+            };
+            problems.push(path, strip_key_suffix(&err.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// The config crate appends " for key `…`" naming the section; the path already
+/// says more.
+fn strip_key_suffix(message: &str) -> String {
+    match message.rfind(" for key `") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Deserialises `[[routes]]` one entry at a time, so each bad entry is named.
+fn routes(layered: &config::Config, problems: &mut Problems) -> Vec<RouteConfig> {
+    let entries = match layered.get::<Vec<Value>>("routes") {
+        Ok(entries) => entries,
+        Err(config::ConfigError::NotFound(_)) => return Vec::new(),
+        Err(err) => {
+            problems.push("routes", err.to_string());
+            return Vec::new();
+        }
+    };
+    entries
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, entry)| deserialize(entry, &format!("routes[{i}]"), problems))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_config_is_valid_and_documented() {
+        let text = include_str!("../../conf/tributary.toml");
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.mqtt.listen, "0.0.0.0:1883");
+        assert_eq!(config.http.listen, "0.0.0.0:9464");
+        assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.routes.len(), 1);
+        let route = &config.routes[0];
+        assert_eq!(route.name, "telemetry");
+        assert_eq!(route.mqtt_filters, ["sensors/#"]);
+        assert_eq!(route.kafka_topic, "sensors");
+        assert_eq!(route.key, tributary_bridge::KeySource::Topic);
+    }
+
+    #[test]
+    fn empty_config_means_defaults() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(
+            config,
+            Config {
+                shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+                ..Config::default()
+            }
+        );
+    }
+
+    #[test]
+    fn three_mistakes_are_all_named() {
+        let text = r##"
+            [mqtt]
+            listen = "0.0.0.0:1883"
+            max_conections = 5
+
+            [kafka]
+            linger_ms = "soon"
+
+            [[routes]]
+            name = "ok"
+            mqtt_filters = ["a/#"]
+            kafka_topic = "a"
+
+            [[routes]]
+            name = "also_ok"
+            mqtt_filters = ["b"]
+            kafka_topic = "b"
+
+            [[routes]]
+            name = "bad"
+            mqtt_filters = ["x/#/y"]
+            kafka_topic = "x"
+        "##;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected an invalid config");
+        };
+        let text = problems.to_string();
+        assert!(
+            text.contains("mqtt.max_conections: unknown field"),
+            "{text}"
+        );
+        assert!(text.contains("kafka.linger_ms: invalid type"), "{text}");
+        assert!(
+            text.contains("routes[2].mqtt_filters[0]: '#' must be the last level"),
+            "{text}"
+        );
+        assert_eq!(problems.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn unknown_sections_and_bad_route_fields_are_named() {
+        let text = r##"
+            [mqqt]
+            listen = "x"
+
+            [[routes]]
+            name = "r"
+            mqtt_filters = ["a"]
+            kafka_topic = "a"
+            key = "partition"
+        "##;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected an invalid config");
+        };
+        let text = problems.to_string();
+        assert!(text.contains("mqqt: unknown section"), "{text}");
+        assert!(
+            text.contains("routes[0].key: ") && text.contains("partition"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("tributary-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "[kafka]\nbootstrap_servers = \"file:9092\"\n").unwrap();
+        let env = Environment::with_prefix(ENV_PREFIX)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true)
+            .source(Some(
+                [
+                    ("TRIBUTARY__KAFKA__BOOTSTRAP_SERVERS", "env:9093"),
+                    ("TRIBUTARY__MQTT__MAX_CONNECTIONS", "7"),
+                    ("TRIBUTARY__LOG__FORMAT", "json"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ));
+        let config = Config::load_with(Some(&path), env).unwrap();
+        assert_eq!(config.kafka.bootstrap_servers, "env:9093");
+        assert_eq!(config.mqtt.max_connections, 7);
+        assert_eq!(config.log.format, LogFormat::Json);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,180 @@
+//! Tributary: an MQTT broker with a Kafka bridge built in.
+//!
+//! [`start`] binds every listener (port 0 works, for tests), starts the Kafka
+//! producer and its health probe, and returns a [`Server`] whose
+//! [`Server::shutdown`] is the designed way out: stop accepting, let in-flight
+//! deliveries finish or time out, flush the producer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tributary_bridge::{spawn_metadata_probe, Producer, RouteTable};
+
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod listener;
+pub mod telemetry;
+
+use config::Config;
+
+/// A running Tributary.
+pub struct Server {
+    mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    producer: Producer,
+    config: Config,
+}
+
+impl Server {
+    /// Where devices connect (the bound address, also when port 0 was asked for).
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops accepting, waits for connections and deliveries up to the shutdown
+    /// timeout, then flushes the producer.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.shutdown.cancel();
+        self.tasks.close();
+        let timeout = self.config.shutdown_timeout();
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?timeout, "connections still open at the shutdown timeout");
+        }
+        match self.producer.flush(timeout).await {
+            Ok(()) => tracing::info!("producer flushed"),
+            Err(error) => tracing::warn!(
+                %error,
+                unreported = self.producer.in_flight(),
+                "producer not fully flushed at shutdown"
+            ),
+        }
+    }
+}
+
+/// Starts everything `config` describes and returns once all listeners are bound.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let prometheus = telemetry::prometheus();
+    let routes = Arc::new(
+        RouteTable::compile(&config.routes)
+            .map_err(|problems| anyhow::anyhow!("invalid routes:\n{problems}"))?,
+    );
+    let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let (kafka_health, probe) =
+        spawn_metadata_probe(producer.clone(), config.kafka.metadata_probe_interval());
+    let stop_probe = shutdown.clone();
+    tokio::spawn(async move {
+        stop_probe.cancelled().await;
+        probe.abort();
+    });
+
+    let mqtt = TcpListener::bind(config.mqtt_addr())
+        .await
+        .with_context(|| format!("binding the MQTT listener on {}", config.mqtt.listen))?;
+    let mqtt_addr = mqtt.local_addr()?;
+    let http = TcpListener::bind(config.http_addr())
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", config.http.listen))?;
+    let http_addr = http.local_addr()?;
+
+    let mqtt_listening = Arc::new(AtomicBool::new(true));
+    let readiness = http::Readiness {
+        mqtt_listening: mqtt_listening.clone(),
+        kafka: kafka_health,
+        kafka_max_age: config.kafka.metadata_max_age(),
+    };
+    let http_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(error) = http::serve(http, prometheus, readiness, http_shutdown).await {
+            tracing::error!(%error, "HTTP endpoint failed");
+        }
+    });
+    events::ListenerStarted {
+        protocol: "http",
+        addr: http_addr,
+    }
+    .emit();
+
+    let accept_shutdown = shutdown.clone();
+    let accept_tasks = tasks.clone();
+    let max_connections = config.mqtt.max_connections;
+    tokio::spawn(async move {
+        listener::accept_loop(
+            mqtt,
+            max_connections,
+            accept_tasks,
+            accept_shutdown,
+            move |_stream, peer| {
+                let _routes = routes.clone();
+                async move {
+                    tracing::warn!(%peer, "the gateway link is not built yet; closing");
+                }
+            },
+        )
+        .await;
+        mqtt_listening.store(false, Ordering::Release);
+    });
+    events::ListenerStarted {
+        protocol: "mqtt",
+        addr: mqtt_addr,
+    }
+    .emit();
+
+    Ok(Server {
+        mqtt_addr,
+        http_addr,
+        shutdown,
+        tasks,
+        producer,
+        config,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    wait_for_signal().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
