@@ -88,7 +88,11 @@ async fn ten_thousand_records_come_back_intact_and_in_order_per_key() {
             header(message, "mqtt.qos"),
             Some(format!("{}", seq % 3).as_bytes())
         );
-        let retain: &[u8] = if seq.is_multiple_of(2) { b"true" } else { b"false" };
+        let retain: &[u8] = if seq.is_multiple_of(2) {
+            b"true"
+        } else {
+            b"false"
+        };
         assert_eq!(header(message, "mqtt.retain"), Some(retain));
         // One key, one partition; within it, the order of sending.
         let partition = *partition_of_key
