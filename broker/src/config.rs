@@ -23,6 +23,11 @@ pub const ENV_SEPARATOR: &str = "__";
 
 pub const DEFAULT_MQTT_LISTEN: &str = "0.0.0.0:1883";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 128;
+/// The largest packet MQTT can frame (remaining length 268,435,455 plus header).
+const MQTT_MAX_PACKET_SIZE: usize = 268_435_460;
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
@@ -58,6 +63,15 @@ pub struct MqttConfig {
     /// Most device connections served at once; further connections are refused
     /// at accept and counted.
     pub max_connections: usize,
+    /// How long a new connection may take to send its CONNECT, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Largest MQTT packet accepted from a device, in bytes (announced to MQTT 5
+    /// clients); a larger one closes that connection.
+    pub max_packet_size: usize,
+    /// QoS 1/2 publishes a connection may have waiting for Kafka (announced to
+    /// MQTT 5 clients as Receive Maximum). When the window is full Tributary stops
+    /// reading that connection until Kafka catches up.
+    pub receive_maximum: u16,
 }
 
 impl Default for MqttConfig {
@@ -65,6 +79,9 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: DEFAULT_MQTT_LISTEN.into(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
         }
     }
 }
@@ -209,6 +226,18 @@ impl Config {
         if self.mqtt.max_connections == 0 {
             problems.push("mqtt.max_connections", "must be at least 1");
         }
+        if self.mqtt.connect_timeout_ms == 0 {
+            problems.push("mqtt.connect_timeout_ms", "must be at least 1");
+        }
+        if !(64..=MQTT_MAX_PACKET_SIZE).contains(&self.mqtt.max_packet_size) {
+            problems.push(
+                "mqtt.max_packet_size",
+                format!("must be between 64 and {MQTT_MAX_PACKET_SIZE}"),
+            );
+        }
+        if self.mqtt.receive_maximum == 0 {
+            problems.push("mqtt.receive_maximum", "must be at least 1 [MQTT-3.2.2.3.3]");
+        }
         match self.http.listen.parse::<SocketAddr>() {
             Err(_) => problems.push(
                 "http.listen",
@@ -229,6 +258,14 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn link_config(&self) -> crate::link::LinkConfig {
+        crate::link::LinkConfig {
+            connect_timeout: Duration::from_millis(self.mqtt.connect_timeout_ms),
+            max_packet_size: self.mqtt.max_packet_size,
+            receive_maximum: self.mqtt.receive_maximum,
+        }
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {

@@ -70,3 +70,186 @@ impl AcceptFailed<'_> {
         metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => "accept_error").increment(1);
     }
 }
+
+/// Connections that ended after CONNECT, by `reason`.
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "tributary_connections_closed_total";
+/// Successful MQTT handshakes, by protocol `version`.
+pub const CONNECTIONS_ESTABLISHED_TOTAL: &str = "tributary_connections_established_total";
+/// Connections that took over a client id already connected.
+pub const SESSIONS_TAKEN_OVER_TOTAL: &str = "tributary_sessions_taken_over_total";
+/// PUBLISH packets received from devices, by `qos`.
+pub const PUBLISHES_RECEIVED_TOTAL: &str = "tributary_mqtt_publishes_received_total";
+/// QoS 1/2 publishes acknowledged negatively or not at all because Kafka did not
+/// take them, by `qos` and `reason`.
+pub const PUBLISHES_REFUSED_TOTAL: &str = "tributary_mqtt_publishes_refused_total";
+/// Time from reading a QoS 1/2 PUBLISH to its positive PUBACK/PUBREC, by `qos`.
+pub const PUBLISH_ACK_SECONDS: &str = "tributary_mqtt_publish_ack_seconds";
+/// QoS 1/2 publishes waiting for Kafka in every connection's window.
+pub const INFLIGHT_MESSAGES: &str = "tributary_inflight_messages";
+/// Wills published, by `outcome` (`delivered`, `not_in_kafka`, `router_failed`)
+/// or cancelled by a reconnect (`cancelled`).
+pub const WILLS_TOTAL: &str = "tributary_wills_total";
+
+/// How often a burst of Kafka refusals is logged, at most.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection was refused during the MQTT handshake.
+pub struct ConnectRefused {
+    pub peer: SocketAddr,
+    pub reason: &'static str,
+}
+
+impl ConnectRefused {
+    pub fn emit(self) {
+        tracing::debug!(peer = %self.peer, reason = self.reason, "MQTT connection refused");
+        metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => self.reason).increment(1);
+    }
+}
+
+/// A device completed the MQTT handshake.
+pub struct Connected {
+    pub version: &'static str,
+}
+
+impl Connected {
+    pub fn emit(self) {
+        metrics::counter!(CONNECTIONS_ESTABLISHED_TOTAL, "version" => self.version).increment(1);
+    }
+}
+
+/// A connection ended after its handshake.
+pub struct ConnectionEnded {
+    pub reason: &'static str,
+}
+
+impl ConnectionEnded {
+    pub fn emit(self) {
+        tracing::debug!(reason = self.reason, "MQTT connection ended");
+        metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => self.reason).increment(1);
+    }
+}
+
+/// A connection took over a client id that was connected.
+pub struct SessionTakenOver;
+
+impl SessionTakenOver {
+    pub fn emit(self) {
+        metrics::counter!(SESSIONS_TAKEN_OVER_TOTAL).increment(1);
+    }
+}
+
+fn qos_label(qos: u8) -> &'static str {
+    match qos {
+        0 => "0",
+        1 => "1",
+        _ => "2",
+    }
+}
+
+/// A PUBLISH arrived from a device.
+pub struct PublishReceived {
+    pub qos: u8,
+}
+
+impl PublishReceived {
+    pub fn emit(self) {
+        metrics::counter!(PUBLISHES_RECEIVED_TOTAL, "qos" => qos_label(self.qos)).increment(1);
+    }
+}
+
+/// A QoS 1/2 publish was acknowledged positively.
+pub struct PublishAcknowledged {
+    pub qos: u8,
+    pub latency: std::time::Duration,
+}
+
+impl PublishAcknowledged {
+    pub fn emit(self) {
+        metrics::histogram!(PUBLISH_ACK_SECONDS, "qos" => qos_label(self.qos))
+            .record(self.latency.as_secs_f64());
+    }
+}
+
+/// A QoS 1/2 publish was not acknowledged positively because Kafka did not take
+/// it. Logged once per burst, with the count since the last line.
+pub struct PublishRefused<'a> {
+    pub qos: u8,
+    pub error: &'a tributary_bridge::DeliveryError,
+}
+
+impl PublishRefused<'_> {
+    pub fn emit(self) {
+        use std::sync::Mutex;
+        use std::time::Instant;
+        static LAST: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+        metrics::counter!(
+            PUBLISHES_REFUSED_TOTAL,
+            "qos" => qos_label(self.qos),
+            "reason" => self.error.reason()
+        )
+        .increment(1);
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *last {
+            Some((at, suppressed)) if at.elapsed() < REFUSAL_LOG_INTERVAL => *suppressed += 1,
+            _ => {
+                let suppressed = last.map_or(0, |(_, n)| n);
+                tracing::warn!(
+                    reason = self.error.reason(),
+                    error = %self.error,
+                    similar_since_last_report = suppressed,
+                    "Kafka did not take a publish; the device gets no positive acknowledgement"
+                );
+                *last = Some((Instant::now(), 0));
+            }
+        }
+    }
+}
+
+/// Publishes entered or left the in-flight windows.
+pub struct InFlightChanged {
+    pub delta: i64,
+}
+
+impl InFlightChanged {
+    pub fn emit(self) {
+        metrics::gauge!(INFLIGHT_MESSAGES).increment(self.delta as f64);
+    }
+}
+
+/// A delayed will was cancelled because its client reconnected.
+pub struct WillCancelled;
+
+impl WillCancelled {
+    pub fn emit(self) {
+        metrics::counter!(WILLS_TOTAL, "outcome" => "cancelled").increment(1);
+    }
+}
+
+/// A will matching a route could not be written to Kafka.
+pub struct WillNotInKafka<'a> {
+    pub route: &'a str,
+    pub error: &'a tributary_bridge::DeliveryError,
+}
+
+impl WillNotInKafka<'_> {
+    pub fn emit(self) {
+        tracing::warn!(route = self.route, error = %self.error, "a will did not reach Kafka");
+    }
+}
+
+/// A will was published.
+pub struct WillPublished {
+    pub kafka_ok: bool,
+    pub router_ok: bool,
+}
+
+impl WillPublished {
+    pub fn emit(self) {
+        let outcome = match (self.kafka_ok, self.router_ok) {
+            (true, true) => "delivered",
+            (false, _) => "not_in_kafka",
+            (true, false) => "router_failed",
+        };
+        metrics::counter!(WILLS_TOTAL, "outcome" => outcome).increment(1);
+    }
+}

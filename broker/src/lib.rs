@@ -18,10 +18,16 @@ use tributary_bridge::{spawn_metadata_probe, Producer, RouteTable};
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod link;
 pub mod listener;
+pub mod router;
 pub mod telemetry;
 
 use config::Config;
+use link::sessions::Sessions;
+use link::will::Wills;
+use link::LinkContext;
+use router::EmbeddedRouter;
 
 /// A running Tributary.
 pub struct Server {
@@ -114,6 +120,21 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }
     .emit();
 
+    let router = EmbeddedRouter::spawn(config.mqtt.max_connections);
+    let sessions = Sessions::default();
+    let wills = Wills::start(&router, producer.clone(), routes.clone(), sessions.clone())
+        .await
+        .context("opening the router link for wills")?;
+    let context = Arc::new(LinkContext {
+        config: config.link_config(),
+        router,
+        producer: producer.clone(),
+        routes,
+        sessions,
+        wills,
+        shutdown: shutdown.clone(),
+    });
+
     let accept_shutdown = shutdown.clone();
     let accept_tasks = tasks.clone();
     let max_connections = config.mqtt.max_connections;
@@ -123,12 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             max_connections,
             accept_tasks,
             accept_shutdown,
-            move |_stream, peer| {
-                let _routes = routes.clone();
-                async move {
-                    tracing::warn!(%peer, "the gateway link is not built yet; closing");
-                }
-            },
+            move |stream, peer| link::serve(stream, peer, context.clone()),
         )
         .await;
         mqtt_listening.store(false, Ordering::Release);

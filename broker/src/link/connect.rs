@@ -1,0 +1,192 @@
+//! The CONNECT handshake: the first packet, the protocol version, the client id
+//! rules, and every refusal answered with a proper CONNACK where MQTT has one.
+//!
+//! It never lets the router see a client id it would drop silently.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{ConnAck, ConnectProperties, ConnectReturnCode, Packet};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::link::codec::{next_frame, Version, CONNECT};
+use crate::link::will::Will;
+use crate::link::{valid_topic_name, LinkConfig};
+use crate::router::RESERVED_CLIENT_PREFIX;
+
+/// What a valid CONNECT asked for.
+pub struct Connect {
+    pub version: Version,
+    pub client_id: Arc<str>,
+    /// The id was assigned by Tributary (the CONNECT's was empty).
+    pub assigned: bool,
+    pub clean_session: bool,
+    pub keep_alive: u16,
+    pub will: Option<Will>,
+    pub properties: Option<ConnectProperties>,
+}
+
+/// Why a connection ended during the handshake.
+#[derive(Debug)]
+pub enum Refused {
+    /// Refused with this CONNACK, which must be sent before closing.
+    WithConnAck {
+        version: Version,
+        code: ConnectReturnCode,
+        reason: &'static str,
+    },
+    /// Closed without a CONNACK (MQTT has none to give).
+    Closed { reason: &'static str },
+}
+
+impl Refused {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::WithConnAck { reason, .. } | Refused::Closed { reason } => reason,
+        }
+    }
+
+    /// The CONNACK to send, if any.
+    pub fn connack(&self) -> Option<(Version, Packet)> {
+        match self {
+            Refused::WithConnAck { version, code, .. } => Some((
+                *version,
+                Packet::ConnAck(
+                    ConnAck {
+                        session_present: false,
+                        code: *code,
+                    },
+                    None,
+                ),
+            )),
+            Refused::Closed { .. } => None,
+        }
+    }
+}
+
+/// Reads and checks the first packet, which must be a CONNECT arriving within
+/// the connect timeout.
+pub async fn read_connect<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    config: &LinkConfig,
+) -> Result<Connect, Refused> {
+    let frame = tokio::time::timeout(config.connect_timeout, async {
+        loop {
+            match next_frame(buf, config.max_packet_size) {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(_) => return Err(Refused::Closed { reason: "malformed" }),
+            }
+            match reader.read_buf(buf).await {
+                Ok(0) | Err(_) => return Err(Refused::Closed { reason: "closed_before_connect" }),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| Refused::Closed {
+        reason: "connect_timeout",
+    })??;
+
+    if frame.packet_type() != CONNECT {
+        // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+        return Err(Refused::Closed {
+            reason: "not_connect",
+        });
+    }
+    let version = match frame.connect_protocol() {
+        Some((b"MQTT", 4)) => Version::V4,
+        Some((b"MQTT", 5)) => Version::V5,
+        Some((b"MQTT", level)) if level > 5 => {
+            return Err(Refused::WithConnAck {
+                version: Version::V5,
+                code: ConnectReturnCode::UnsupportedProtocolVersion,
+                reason: "unsupported_protocol",
+            })
+        }
+        Some((b"MQTT", _)) | Some((b"MQIsdp", _)) => {
+            // [MQTT-3.1.2-2]: CONNACK 0x01 for a level we do not speak.
+            return Err(Refused::WithConnAck {
+                version: Version::V4,
+                code: ConnectReturnCode::RefusedProtocolVersion,
+                reason: "unsupported_protocol",
+            });
+        }
+        _ => return Err(Refused::Closed { reason: "malformed" }),
+    };
+
+    let mut bytes = frame.bytes;
+    let Ok(Packet::Connect(connect, properties, will, will_properties, _login)) =
+        version.decode(&mut bytes)
+    else {
+        return Err(Refused::Closed { reason: "malformed" });
+    };
+
+    let refuse_id = || Refused::WithConnAck {
+        version,
+        code: ConnectReturnCode::ClientIdentifierNotValid,
+        reason: "client_id",
+    };
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        if version == Version::V4 && !connect.clean_session {
+            // [MQTT-3.1.3-8]: an empty id needs a clean session.
+            return Err(refuse_id());
+        }
+        (assign_client_id(), true)
+    } else {
+        // The router drops these silently; answer the device instead.
+        if connect.client_id.contains(['+', '$', '#', '/'])
+            || connect.client_id.starts_with(RESERVED_CLIENT_PREFIX)
+        {
+            return Err(refuse_id());
+        }
+        (connect.client_id, false)
+    };
+
+    let session_expiry = properties
+        .as_ref()
+        .and_then(|p| p.session_expiry_interval)
+        .unwrap_or(0);
+    let will = match will {
+        Some(will) => {
+            if !std::str::from_utf8(&will.topic).is_ok_and(valid_topic_name) {
+                return Err(match version {
+                    Version::V5 => Refused::WithConnAck {
+                        version,
+                        code: ConnectReturnCode::TopicNameInvalid,
+                        reason: "will_topic",
+                    },
+                    Version::V4 => Refused::Closed {
+                        reason: "will_topic",
+                    },
+                });
+            }
+            Some(Will::from_connect(will, will_properties, session_expiry))
+        }
+        None => None,
+    };
+
+    Ok(Connect {
+        version,
+        client_id: client_id.into(),
+        assigned,
+        clean_session: connect.clean_session,
+        keep_alive: connect.keep_alive,
+        will,
+        properties,
+    })
+}
+
+/// A client id unique within this process's lifetime and across restarts.
+fn assign_client_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as u64;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("tributary-{started:x}-{n:x}")
+}

@@ -1,0 +1,166 @@
+//! Wills are the gateway's own: a will given to the router never fires for a
+//! local link, so Tributary keeps each connection's will and, on an abnormal end,
+//! publishes it after its delay through the same path as a device publish: to
+//! Kafka when it matches a route, then to the router's subscribers.
+//!
+//! A will is never published after a clean DISCONNECT, nor when its client
+//! reconnects within the will delay.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{LastWill, LastWillProperties, Packet, Publish, PublishProperties};
+use rumqttd::Notification;
+use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
+
+use crate::events;
+use crate::link::sessions::Sessions;
+use crate::router::{self, EmbeddedRouter, RESERVED_CLIENT_PREFIX};
+
+/// A connection's will, as given in its CONNECT.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 Will Delay Interval (capped by the session expiry interval).
+    pub delay: Duration,
+    pub properties: Option<PublishProperties>,
+}
+
+impl Will {
+    /// Builds the will from a CONNECT's fields; `session_expiry` caps the delay
+    /// [MQTT-3.1.3-9].
+    pub fn from_connect(
+        will: LastWill,
+        properties: Option<LastWillProperties>,
+        session_expiry: u32,
+    ) -> Will {
+        let delay = properties
+            .as_ref()
+            .and_then(|p| p.delay_interval)
+            .unwrap_or(0)
+            .min(session_expiry);
+        let properties = properties.map(|p| PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            topic_alias: None,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            subscription_identifiers: Vec::new(),
+            content_type: p.content_type,
+        });
+        Will {
+            topic: will.topic,
+            payload: will.message,
+            qos: will.qos as u8,
+            retain: will.retain,
+            delay: Duration::from_secs(u64::from(delay)),
+            properties,
+        }
+    }
+}
+
+/// Publishes wills through Tributary's own router link.
+#[derive(Clone)]
+pub struct Wills {
+    tx: Arc<Mutex<LinkTx>>,
+    producer: Producer,
+    routes: Arc<RouteTable>,
+    sessions: Sessions,
+}
+
+impl Wills {
+    /// Opens the router link wills are published on.
+    pub async fn start(
+        router: &EmbeddedRouter,
+        producer: Producer,
+        routes: Arc<RouteTable>,
+        sessions: Sessions,
+    ) -> anyhow::Result<Wills> {
+        let link = router
+            .connect(format!("{RESERVED_CLIENT_PREFIX}_wills"), true)
+            .await?;
+        tokio::spawn(drain(link.rx));
+        Ok(Wills {
+            tx: Arc::new(Mutex::new(link.tx)),
+            producer,
+            routes,
+            sessions,
+        })
+    }
+
+    /// Publishes `will` of `client_id` after its delay, unless the client
+    /// reconnects first.
+    pub fn schedule(&self, client_id: Arc<str>, will: Will) {
+        let wills = self.clone();
+        tokio::spawn(async move {
+            if !will.delay.is_zero() {
+                let (id, cancelled) = wills.sessions.will_pending(client_id.clone());
+                let reconnected = tokio::select! {
+                    () = cancelled.cancelled() => true,
+                    () = tokio::time::sleep(will.delay) => false,
+                };
+                wills.sessions.will_done(&client_id, id);
+                if reconnected {
+                    events::WillCancelled.emit();
+                    return;
+                }
+            }
+            wills.publish(&client_id, will).await;
+        });
+    }
+
+    async fn publish(&self, client_id: &Arc<str>, will: Will) {
+        let Ok(topic) = std::str::from_utf8(&will.topic) else {
+            return; // validated at CONNECT
+        };
+        let message = MqttPublish {
+            topic: topic.into(),
+            client_id: client_id.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            payload: will.payload.clone(),
+        };
+        let mut kafka_ok = true;
+        for route in self.routes.matches(topic) {
+            if let Err(error) = self.producer.send(Record::build(route, &message)).await {
+                kafka_ok = false;
+                events::WillNotInKafka {
+                    route: &route.name,
+                    error: &error,
+                }
+                .emit();
+            }
+        }
+        let publish = Publish::new(will.topic, will.payload, will.retain);
+        let sent = {
+            let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+            router::send(&mut tx, Packet::Publish(publish, will.properties))
+        };
+        events::WillPublished {
+            kafka_ok,
+            router_ok: sent.is_ok(),
+        }
+        .emit();
+    }
+}
+
+/// Keeps the wills link scheduled: it receives nothing it must answer.
+async fn drain(mut rx: LinkRx) {
+    loop {
+        match rx.next().await {
+            Ok(Some(Notification::Unschedule)) => {
+                if rx.wake().await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
