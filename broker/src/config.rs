@@ -236,7 +236,10 @@ impl Config {
             );
         }
         if self.mqtt.receive_maximum == 0 {
-            problems.push("mqtt.receive_maximum", "must be at least 1 [MQTT-3.2.2.3.3]");
+            problems.push(
+                "mqtt.receive_maximum",
+                "must be at least 1 [MQTT-3.2.2.3.3]",
+            );
         }
         match self.http.listen.parse::<SocketAddr>() {
             Err(_) => problems.push(

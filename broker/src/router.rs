@@ -22,9 +22,8 @@ pub const MAX_OUTGOING_PACKETS: u64 = 200;
 /// Client id prefix reserved for Tributary's own router links.
 pub const RESERVED_CLIENT_PREFIX: &str = "__tributary";
 
-type BuildLink = dyn Fn(String, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError>
-    + Send
-    + Sync;
+type BuildLink =
+    dyn Fn(String, bool) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
 
 /// The embedded router, able to build links.
 #[derive(Clone)]
@@ -51,6 +50,7 @@ impl EmbeddedRouter {
                 LinkBuilder::new(&client_id, router_tx.clone())
                     .clean_session(clean_session)
                     .build()
+                    .map_err(Box::new)
             }),
         }
     }
@@ -61,11 +61,12 @@ impl EmbeddedRouter {
         &self,
         client_id: String,
         clean_session: bool,
-    ) -> Result<RouterLink, LinkError> {
+    ) -> Result<RouterLink, Box<LinkError>> {
         let build = self.build.clone();
-        let (tx, rx, connack) = tokio::task::spawn_blocking(move || build(client_id, clean_session))
-            .await
-            .map_err(|_| LinkError::NotConnectionAck)??;
+        let (tx, rx, connack) =
+            tokio::task::spawn_blocking(move || build(client_id, clean_session))
+                .await
+                .map_err(|_| Box::new(LinkError::NotConnectionAck))??;
         let session_present = match connack {
             Notification::DeviceAck(ack) => match Packet::from(ack) {
                 Packet::ConnAck(connack, _) => connack.session_present,
@@ -88,15 +89,18 @@ pub struct RouterLink {
     pub session_present: bool,
 }
 
+/// The router no longer accepts this link's packets (it dropped the link).
+#[derive(Debug, thiserror::Error)]
+#[error("the router dropped the link")]
+pub struct RouterGone;
+
 /// Hands `packet` to the router. `LinkTx::send` is async in name only: it does a
 /// blocking send into the router's bounded channel, so on a multi-threaded
 /// runtime it runs in `block_in_place` to keep other tasks running meanwhile.
-pub fn send(tx: &mut LinkTx, packet: Packet) -> Result<(), LinkError> {
-    let run = || {
-        tx.send(packet)
-            .now_or_never()
-            .unwrap_or(Err(LinkError::NotConnectionAck))
-            .map(drop)
+pub fn send(tx: &mut LinkTx, packet: Packet) -> Result<(), RouterGone> {
+    let run = || match tx.send(packet).now_or_never() {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(RouterGone),
     };
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),

@@ -209,14 +209,17 @@ mod tests {
         // A PUBLISH announcing 2 MB, of which only the fixed header arrived.
         let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x01][..]);
         assert_eq!(
-            next_frame(&mut buf, 1024),
-            Err(FrameError::TooLarge {
+            next_frame(&mut buf, 1024).unwrap_err(),
+            FrameError::TooLarge {
                 size: 5 + 2_097_152,
                 max: 1024
-            })
+            }
         );
         let mut buf = BytesMut::from(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
-        assert_eq!(next_frame(&mut buf, 1024), Err(FrameError::MalformedLength));
+        assert_eq!(
+            next_frame(&mut buf, 1024).unwrap_err(),
+            FrameError::MalformedLength
+        );
     }
 
     #[test]

@@ -78,10 +78,18 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
             match next_frame(buf, config.max_packet_size) {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
-                Err(_) => return Err(Refused::Closed { reason: "malformed" }),
+                Err(_) => {
+                    return Err(Refused::Closed {
+                        reason: "malformed",
+                    })
+                }
             }
             match reader.read_buf(buf).await {
-                Ok(0) | Err(_) => return Err(Refused::Closed { reason: "closed_before_connect" }),
+                Ok(0) | Err(_) => {
+                    return Err(Refused::Closed {
+                        reason: "closed_before_connect",
+                    })
+                }
                 Ok(_) => {}
             }
         }
@@ -115,14 +123,20 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
                 reason: "unsupported_protocol",
             });
         }
-        _ => return Err(Refused::Closed { reason: "malformed" }),
+        _ => {
+            return Err(Refused::Closed {
+                reason: "malformed",
+            })
+        }
     };
 
     let mut bytes = frame.bytes;
     let Ok(Packet::Connect(connect, properties, will, will_properties, _login)) =
         version.decode(&mut bytes)
     else {
-        return Err(Refused::Closed { reason: "malformed" });
+        return Err(Refused::Closed {
+            reason: "malformed",
+        });
     };
 
     let refuse_id = || Refused::WithConnAck {

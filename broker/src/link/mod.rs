@@ -22,8 +22,8 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
-    Publish, PublishProperties,
+    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, Publish,
+    PublishProperties,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -224,7 +224,7 @@ enum Ticket {
     Publish {
         pkid: u16,
         qos: u8,
-        publish: Publish,
+        publish: Box<Publish>,
         properties: Option<PublishProperties>,
     },
     /// A re-sent QoS 2 publish still awaiting PUBREL: PUBREC again, nothing else.
@@ -286,7 +286,7 @@ impl Link {
                 return end;
             }
             if self.flush().await.is_err() {
-                return End::ConnectionLost;
+                return self.end_after_write_error().await;
             }
             if draining && self.gate.is_empty() {
                 return End::Shutdown;
@@ -316,6 +316,25 @@ impl Link {
         }
     }
 
+    /// The device stopped reading: it may have sent DISCONNECT and closed while
+    /// messages were still being forwarded to it. Read what it sent last, so a
+    /// clean DISCONNECT is not mistaken for a lost connection (and its will
+    /// published).
+    async fn end_after_write_error(&mut self) -> End {
+        let drain = async {
+            while let Ok(n) = self.reader.read_buf(&mut self.rbuf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+        match self.handle_buffered_frames().await {
+            Err(end) => end,
+            Ok(()) => End::ConnectionLost,
+        }
+    }
+
     /// Decodes and handles every complete frame already read, while the window
     /// has room; the rest waits in the buffer.
     async fn handle_buffered_frames(&mut self) -> Result<(), End> {
@@ -330,7 +349,10 @@ impl Link {
                     ))
                 }
                 Err(codec::FrameError::MalformedLength) => {
-                    return Err(End::Protocol(DisconnectReasonCode::MalformedPacket, "malformed"))
+                    return Err(End::Protocol(
+                        DisconnectReasonCode::MalformedPacket,
+                        "malformed",
+                    ))
                 }
             };
             self.handle_frame(frame).await?;
@@ -360,23 +382,21 @@ impl Link {
                 Ok(())
             }
             packet @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
-                self.to_router(packet)
+                self.relay(packet)
             }
             Packet::Subscribe(subscribe, properties) => {
-                if let Some(bad) = subscribe
-                    .filters
-                    .iter()
-                    .find(|f| tributary_bridge::route::filter_problem(shared_path(&f.path)).is_some())
-                {
+                if let Some(bad) = subscribe.filters.iter().find(|f| {
+                    tributary_bridge::route::filter_problem(shared_path(&f.path)).is_some()
+                }) {
                     tracing::debug!(filter = %bad.path, "invalid topic filter");
                     return Err(End::Protocol(
                         DisconnectReasonCode::TopicFilterInvalid,
                         "invalid_topic_filter",
                     ));
                 }
-                self.to_router(Packet::Subscribe(subscribe, properties))
+                self.relay(Packet::Subscribe(subscribe, properties))
             }
-            packet @ Packet::Unsubscribe(..) => self.to_router(packet),
+            packet @ Packet::Unsubscribe(..) => self.relay(packet),
             Packet::PingReq(_) => {
                 self.write(Packet::PingResp(PingResp));
                 Ok(())
@@ -435,7 +455,7 @@ impl Link {
                 if let Ok(deliveries) = deliveries {
                     self.qos0.extend(deliveries);
                 }
-                self.to_router(Packet::Publish(routed, properties))
+                self.relay(Packet::Publish(routed, properties))
             }
             qos => {
                 if qos == 2 {
@@ -444,7 +464,7 @@ impl Link {
                 let ticket = Ticket::Publish {
                     pkid: meta.pkid,
                     qos,
-                    publish: routed,
+                    publish: Box::new(routed),
                     properties,
                 };
                 self.gate.push(ticket, received, deliveries);
@@ -465,7 +485,10 @@ impl Link {
         let Some(alias) = properties.topic_alias.take() else {
             return Ok(());
         };
-        let invalid = End::Protocol(DisconnectReasonCode::TopicAliasInvalid, "topic_alias_invalid");
+        let invalid = End::Protocol(
+            DisconnectReasonCode::TopicAliasInvalid,
+            "topic_alias_invalid",
+        );
         if alias == 0 || alias > TOPIC_ALIAS_MAX {
             return Err(invalid);
         }
@@ -489,13 +512,13 @@ impl Link {
                 qos,
                 publish,
                 properties,
-            } => (pkid, qos, Some((publish, properties))),
+            } => (pkid, qos, Some((*publish, properties))),
             Ticket::Repeat { pkid } => (pkid, 2, None),
         };
         match outcome {
             Ok(()) => {
                 if let Some((publish, properties)) = routed {
-                    self.to_router(Packet::Publish(publish, properties))?;
+                    self.relay(Packet::Publish(publish, properties))?;
                 }
                 self.write_ack(qos, pkid, None);
                 events::PublishAcknowledged {
@@ -580,7 +603,7 @@ impl Link {
         Ok(())
     }
 
-    fn to_router(&mut self, packet: Packet) -> Result<(), End> {
+    fn relay(&mut self, packet: Packet) -> Result<(), End> {
         router::send(&mut self.router.tx, packet).map_err(|_| End::RouterGone)
     }
 
@@ -622,7 +645,10 @@ impl Link {
                 self.ctx.wills.schedule(self.client_id.clone(), will);
             }
         }
-        events::ConnectionEnded { reason: end.label() }.emit();
+        events::ConnectionEnded {
+            reason: end.label(),
+        }
+        .emit();
         // Last: a successor waiting to take over may now register with the router.
         drop(registration);
     }

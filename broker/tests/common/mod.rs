@@ -1,0 +1,163 @@
+//! A small story-telling kit for integration tests: a real Tributary on
+//! 127.0.0.1:0, real MQTT clients, a real Kafka.
+#![allow(dead_code)] // each test binary uses its own part of the kit
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tributary::config::Config;
+use tributary::Server;
+use tributary_bridge::{KeySource, RouteConfig};
+
+/// Starts Tributary on ephemeral loopback ports with Kafka at `bootstrap` and
+/// one route per `(filter, kafka_topic)`; `tweak` adjusts the config further.
+pub async fn start(
+    bootstrap: &str,
+    routes: &[(&str, &str)],
+    tweak: impl FnOnce(&mut Config),
+) -> Server {
+    let mut config = Config::from_toml(
+        r#"
+        [mqtt]
+        listen = "127.0.0.1:0"
+        [http]
+        listen = "127.0.0.1:0"
+        [kafka]
+        metadata_probe_interval_ms = 500
+        metadata_max_age_ms = 2000
+        "#,
+    )
+    .unwrap();
+    config.kafka.bootstrap_servers = bootstrap.into();
+    config.routes = routes
+        .iter()
+        .enumerate()
+        .map(|(i, (filter, topic))| RouteConfig {
+            name: format!("route{i}"),
+            mqtt_filters: vec![filter.to_string()],
+            kafka_topic: topic.to_string(),
+            key: KeySource::ClientId,
+        })
+        .collect();
+    tweak(&mut config);
+    tributary::start(config).await.expect("Tributary starts")
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to HTTP");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a Prometheus sample (`name{labels}` exactly as rendered), or 0.
+pub async fn metric(server: &Server, sample: &str) -> f64 {
+    let (_, body) = http_get(server.http_addr(), "/metrics").await;
+    body.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// rumqttc MQTT 3.1.1 options for Tributary at `addr`.
+pub fn v4_options(addr: SocketAddr, client_id: &str) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+/// rumqttc MQTT 5 options for Tributary at `addr`.
+pub fn v5_options(addr: SocketAddr, client_id: &str) -> rumqttc::v5::MqttOptions {
+    let mut options = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+/// A raw TCP connection speaking bytes, for malformed input.
+pub struct Raw(pub TcpStream);
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw(TcpStream::connect(addr).await.unwrap())
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        // The server may already have closed; that is what some tests expect.
+        let _ = self.0.write_all(bytes).await;
+    }
+
+    /// Reads until the server closes the connection; returns what it sent.
+    /// Panics if it is still open after `timeout`.
+    pub async fn closed_within(&mut self, timeout: Duration) -> Vec<u8> {
+        let mut received = Vec::new();
+        let result = tokio::time::timeout(timeout, async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match self.0.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(result.is_ok(), "the server kept the connection open");
+        received
+    }
+}
+
+/// An MQTT 3.1.1 CONNECT for `client_id`, clean session, keep-alive 60 s.
+pub fn connect_v4(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// An MQTT 3.1.1 QoS 0 PUBLISH.
+pub fn publish_v4(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(payload);
+    let mut packet = vec![0x30];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}

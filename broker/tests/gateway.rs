@@ -1,0 +1,138 @@
+//! The heart of the product, with real clients and a real Kafka: every PUBACKed
+//! message is in Kafka, in order per client, and subscribers get it too.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::Message;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tributary_bridge::testing::{consume, create_topic, header, require_kafka, unique_topic};
+
+const CLIENTS: usize = 10;
+const PER_CLIENT: usize = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_clients_two_thousand_qos1_each_all_in_kafka_in_order_and_at_a_subscriber() {
+    let bootstrap = require_kafka();
+    let topic = unique_topic("tributary-gateway");
+    create_topic(&bootstrap, &topic, 1).await;
+    let server = common::start(&bootstrap, &[("load/#", &topic)], |_| {}).await;
+    let addr = server.mqtt_addr();
+
+    // A subscriber on the same topics, through the broker side.
+    let mut sub_options = common::v4_options(addr, "subscriber");
+    sub_options.set_inflight(100);
+    let (sub, mut sub_loop) = AsyncClient::new(sub_options, 100);
+    sub.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
+    let subscribed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = sub_loop.poll().await.unwrap() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "no SUBACK");
+    let subscriber = tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while seen.len() < CLIENTS * PER_CLIENT {
+            match tokio::time::timeout_at(deadline, sub_loop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    seen.insert(p.payload.to_vec());
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("subscriber connection failed: {e}"),
+                Err(_) => break,
+            }
+        }
+        seen.len()
+    });
+
+    let mut publishers = Vec::new();
+    for c in 0..CLIENTS {
+        publishers.push(tokio::spawn(async move {
+            let client_id = format!("device-{c}");
+            let mut options = common::v4_options(addr, &client_id);
+            options.set_inflight(100);
+            let (client, mut eventloop) = AsyncClient::new(options, 200);
+            let sender = tokio::spawn(async move {
+                for seq in 0..PER_CLIENT {
+                    let payload = format!("{c}:{seq}");
+                    client
+                        .publish(format!("load/device-{c}"), QoS::AtLeastOnce, false, payload)
+                        .await
+                        .unwrap();
+                }
+                client
+            });
+            let mut acked = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while acked < PER_CLIENT {
+                match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => panic!("{client_id}: connection failed: {e}"),
+                    Err(_) => panic!("{client_id}: only {acked} PUBACKs"),
+                }
+            }
+            drop(sender.await.unwrap());
+            acked
+        }));
+    }
+    for publisher in publishers {
+        assert_eq!(publisher.await.unwrap(), PER_CLIENT);
+    }
+
+    let messages = consume(
+        &bootstrap,
+        &topic,
+        CLIENTS * PER_CLIENT,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        messages.len(),
+        CLIENTS * PER_CLIENT,
+        "every PUBACKed message is in Kafka, once"
+    );
+    let mut next_seq: HashMap<String, usize> = HashMap::new();
+    for message in &messages {
+        let payload = std::str::from_utf8(message.payload().unwrap()).unwrap();
+        let (c, seq) = payload.split_once(':').unwrap();
+        let seq: usize = seq.parse().unwrap();
+        let client_id = format!("device-{c}");
+        assert_eq!(
+            message.key(),
+            Some(client_id.as_bytes()),
+            "key is the client id"
+        );
+        assert_eq!(
+            header(message, "mqtt.client_id"),
+            Some(client_id.as_bytes())
+        );
+        assert_eq!(
+            header(message, "mqtt.topic"),
+            Some(format!("load/device-{c}").as_bytes())
+        );
+        assert_eq!(header(message, "mqtt.qos"), Some(&b"1"[..]));
+        assert_eq!(header(message, "mqtt.retain"), Some(&b"false"[..]));
+        let expected = next_seq.entry(client_id.clone()).or_insert(0);
+        assert_eq!(seq, *expected, "{client_id}: order kept in Kafka");
+        *expected += 1;
+    }
+    assert_eq!(
+        subscriber.await.unwrap(),
+        CLIENTS * PER_CLIENT,
+        "the subscriber got every message"
+    );
+
+    let received = common::metric(
+        &server,
+        "tributary_mqtt_publishes_received_total{qos=\"1\"}",
+    )
+    .await;
+    assert!(received >= (CLIENTS * PER_CLIENT) as f64, "{received}");
+    server.shutdown().await;
+}

@@ -1,0 +1,133 @@
+//! Interoperability with the Debian `mosquitto-clients` tools, MQTT 3.1.1 and 5.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rdkafka::Message;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tributary_bridge::testing::{consume, header, require_kafka, unique_topic};
+
+/// Starts `mosquitto_sub` and returns once its SUBACK arrived, with a task
+/// collecting the rest of its output.
+async fn subscriber(
+    port: u16,
+    version: &str,
+    filter: &str,
+    count: usize,
+) -> (Child, JoinHandle<Vec<String>>) {
+    // Line-buffered, so its debug lines arrive as they happen.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+        .args(["-t", filter, "-q", "2", "-v", "-d", "-W", "30"])
+        .args(["-C", &count.to_string()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let suback = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("SUBACK") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(suback, Ok(true), "mosquitto_sub got no SUBACK");
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
+    (child, rest)
+}
+
+async fn publish(port: u16, version: &str, qos: &str, topic: &str, message: &str) {
+    let output = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+        .args([
+            "-q",
+            qos,
+            "-t",
+            topic,
+            "-m",
+            message,
+            "-i",
+            &format!("pub-{version}-{qos}"),
+        ])
+        .output()
+        .await
+        .expect("mosquitto_pub is installed");
+    assert!(
+        output.status.success(),
+        "mosquitto_pub -V {version} -q {qos} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_and_sub_work_in_both_protocol_versions() {
+    let bootstrap = require_kafka();
+    let topic = unique_topic("tributary-interop");
+    let server = common::start(&bootstrap, &[("interop/#", &topic)], |_| {}).await;
+    let port = server.mqtt_addr().port();
+
+    let sub_v311 = subscriber(port, "mqttv311", "interop/#", 4).await;
+    let sub_v5 = subscriber(port, "mqttv5", "interop/#", 4).await;
+
+    publish(port, "mqttv311", "1", "interop/a", "v311-q1").await;
+    publish(port, "mqttv311", "2", "interop/b", "v311-q2").await;
+    publish(port, "mqttv5", "1", "interop/c", "v5-q1").await;
+    publish(port, "mqttv5", "2", "interop/d", "v5-q2").await;
+
+    for (name, (mut child, output)) in [("3.1.1", sub_v311), ("5", sub_v5)] {
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("mosquitto_sub finishes after 4 messages")
+            .unwrap();
+        assert!(status.success(), "mosquitto_sub ({name}) failed");
+        let output = output.await.unwrap();
+        for line in [
+            "interop/a v311-q1",
+            "interop/b v311-q2",
+            "interop/c v5-q1",
+            "interop/d v5-q2",
+        ] {
+            assert!(
+                output.iter().any(|l| l == line),
+                "mosquitto_sub ({name}) did not print {line:?}: {output:?}"
+            );
+        }
+    }
+
+    let messages = consume(&bootstrap, &topic, 4, Duration::from_secs(30));
+    let mut seen: Vec<(String, String, String)> = messages
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
+                String::from_utf8_lossy(header(m, "mqtt.topic").unwrap()).into_owned(),
+                String::from_utf8_lossy(header(m, "mqtt.qos").unwrap()).into_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected = [
+        ("v311-q1", "interop/a", "1"),
+        ("v311-q2", "interop/b", "2"),
+        ("v5-q1", "interop/c", "1"),
+        ("v5-q2", "interop/d", "2"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(seen, expected);
+    server.shutdown().await;
+}
