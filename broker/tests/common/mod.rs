@@ -161,3 +161,53 @@ pub fn publish_v4(topic: &str, payload: &[u8]) -> Vec<u8> {
     packet.extend_from_slice(&body);
     packet
 }
+
+/// A Kafka of the test's own, on its own port, that the test may stop and
+/// restart (`scripts/kafka-local` with `KAFKA_PORT`). Stopped when dropped.
+pub struct OwnKafka {
+    port: u16,
+}
+
+impl OwnKafka {
+    pub fn start(port: u16) -> OwnKafka {
+        let kafka = OwnKafka { port };
+        kafka.run("start");
+        kafka
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&self) {
+        self.run("stop");
+    }
+
+    pub fn restart(&self) {
+        self.run("start");
+    }
+
+    fn run(&self, command: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka-local");
+        let output = std::process::Command::new(script)
+            .arg(command)
+            .env("KAFKA_PORT", self.port.to_string())
+            .output()
+            .expect("running scripts/kafka-local");
+        assert!(
+            output.status.success(),
+            "scripts/kafka-local {command} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka-local");
+        let _ = std::process::Command::new(script)
+            .arg("stop")
+            .env("KAFKA_PORT", self.port.to_string())
+            .output();
+    }
+}
