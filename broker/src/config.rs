@@ -29,7 +29,7 @@ pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 128;
 /// The largest packet MQTT can frame (remaining length 268,435,455 plus header).
 const MQTT_MAX_PACKET_SIZE: usize = 268_435_460;
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
-pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_LOG_LEVEL: &str = "info,rumqttd=warn";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 
 /// Top-level section names, for the unknown-section check.

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Memory of a broker process before and after N distinct client ids connect once.
+
+Each client connects (MQTT 3.1.1), gets its CONNACK, sends DISCONNECT and
+closes. Reads the server's RSS from /proc/<pid>/status.
+
+  scripts/dev/client-id-memory.py --pid $(pgrep -f 'tributary --config') --clients 100000
+"""
+import argparse
+import socket
+import struct
+import time
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def connect_packet(client_id, clean):
+    cid = client_id.encode()
+    flags = 0x02 if clean else 0x00
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + struct.pack("!H", len(cid)) + cid
+    return b"\x10" + bytes([len(body)]) + body
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pid", type=int, required=True)
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--clients", type=int, default=100000)
+    parser.add_argument("--persistent", action="store_true", help="clean session = 0")
+    args = parser.parse_args()
+    before = rss_kib(args.pid)
+    start = time.time()
+    for i in range(args.clients):
+        with socket.create_connection(("127.0.0.1", args.port)) as s:
+            s.sendall(connect_packet(f"memtest-{i}", not args.persistent))
+            connack = s.recv(4)
+            assert connack[:2] == b"\x20\x02" and connack[3] == 0, connack
+            s.sendall(b"\xe0\x00")
+    time.sleep(2)
+    after = rss_kib(args.pid)
+    print(
+        f"{args.clients} distinct client ids (clean session {not args.persistent}) in "
+        f"{time.time() - start:.0f} s: RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB "
+        f"(+{(after - before) / args.clients * 1024:.0f} bytes per client id)"
+    )
+
+
+main()
