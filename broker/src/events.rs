@@ -253,3 +253,18 @@ impl WillPublished {
         metrics::counter!(WILLS_TOTAL, "outcome" => outcome).increment(1);
     }
 }
+
+/// Messages for a device that the gateway did not send, by `reason`
+/// (`expired`, `no_local`, `retain_handling`, `too_large_for_client`).
+pub const DELIVERIES_SKIPPED_TOTAL: &str = "tributary_mqtt_deliveries_skipped_total";
+
+/// A message was not sent to a subscriber, as MQTT requires.
+pub struct DeliverySkipped {
+    pub reason: &'static str,
+}
+
+impl DeliverySkipped {
+    pub fn emit(self) {
+        metrics::counter!(DELIVERIES_SKIPPED_TOTAL, "reason" => self.reason).increment(1);
+    }
+}

@@ -111,6 +111,11 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Bytes before the variable header (type, flags, remaining length).
+    pub fn fixed_header_len(&self) -> usize {
+        self.header.fixed_header_len
+    }
+
     pub fn packet_type(&self) -> u8 {
         self.header.byte1 >> 4
     }

@@ -9,11 +9,15 @@
 
 pub mod codec;
 pub mod connect;
+mod deliver;
 pub mod gate;
+mod incoming;
+pub mod outgoing;
 pub mod sessions;
+pub mod subscriptions;
 pub mod will;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,21 +26,23 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, Publish,
-    PublishProperties,
+    PingResp,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tributary_bridge::{DeliveryError, MqttPublish, PendingDelivery, Producer, Record, RouteTable};
+use tributary_bridge::{PendingDelivery, Producer, RouteTable};
 
 use crate::events;
 use crate::router::{self, EmbeddedRouter, RouterLink};
 use codec::{next_frame, Frame, Version, PUBLISH};
-use gate::{Gate, Released};
+use gate::Gate;
+use incoming::Ticket;
+use outgoing::Ledger;
 use sessions::{Registration, Sessions};
+use subscriptions::Subscriptions;
 use will::{Will, Wills};
 
 /// Topic aliases a MQTT 5 client may use towards Tributary (announced in CONNACK).
@@ -126,6 +132,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
         }
     };
 
+    let session_present = router.session_present && !connect.clean_session;
     let mut link = Link {
         version: connect.version,
         client_id: connect.client_id.clone(),
@@ -140,7 +147,26 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
         gate: Gate::default(),
         qos0: FuturesUnordered::new(),
         awaiting_pubrel: HashSet::new(),
+        qos1_in_gate: 0,
         topic_aliases: HashMap::new(),
+        subscriptions: ctx
+            .sessions
+            .take_subscriptions(&connect.client_id)
+            .filter(|_| session_present)
+            .unwrap_or_default(),
+        ledger: Ledger::default(),
+        held: VecDeque::new(),
+        client_receive_maximum: connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.receive_maximum)
+            .map_or(usize::MAX, usize::from),
+        client_max_packet_size: connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .map_or(usize::MAX, |size| size as usize),
+        clean_session: connect.clean_session,
         ctx: ctx.clone(),
     };
     link.send_connack(&connect);
@@ -218,19 +244,6 @@ impl End {
     }
 }
 
-/// What a gate entry does when released.
-enum Ticket {
-    /// A new QoS 1/2 publish: ack it, and hand it to the router if Kafka has it.
-    Publish {
-        pkid: u16,
-        qos: u8,
-        publish: Box<Publish>,
-        properties: Option<PublishProperties>,
-    },
-    /// A re-sent QoS 2 publish still awaiting PUBREL: PUBREC again, nothing else.
-    Repeat { pkid: u16 },
-}
-
 struct Link {
     ctx: Arc<LinkContext>,
     version: Version,
@@ -246,8 +259,22 @@ struct Link {
     qos0: FuturesUnordered<PendingDelivery>,
     /// QoS 2 packet ids received and not yet released by PUBREL.
     awaiting_pubrel: HashSet<u16>,
+    /// QoS 1 publishes waiting in the gate.
+    qos1_in_gate: usize,
     /// MQTT 5 topic aliases set by the client.
     topic_aliases: HashMap<u16, Bytes>,
+    /// The client's subscriptions and their options.
+    subscriptions: Subscriptions,
+    /// Acknowledgements owed to the router for what it sent this client.
+    ledger: Ledger,
+    /// Encoded messages for the device, waiting for its Receive Maximum;
+    /// `true` for QoS 1/2.
+    held: VecDeque<(BytesMut, bool)>,
+    /// The client's Receive Maximum (MQTT 5), else unlimited.
+    client_receive_maximum: usize,
+    /// The client's Maximum Packet Size (MQTT 5), else unlimited.
+    client_max_packet_size: usize,
+    clean_session: bool,
 }
 
 impl Link {
@@ -271,11 +298,15 @@ impl Link {
         ));
     }
 
-    /// Whether another publish may be read: the window and the QoS 0 backlog
-    /// both have room.
+    /// Whether another packet may be read. MQTT 5 clients know the Receive
+    /// Maximum and are disconnected when they exceed it, so reading goes on;
+    /// MQTT 3.1.1 clients are slowed down by not reading once the window is
+    /// full. Either way the QoS 0 backlog must have room.
     fn window_open(&self) -> bool {
-        self.gate.len() < usize::from(self.ctx.config.receive_maximum)
-            && self.qos0.len() < MAX_QOS0_PENDING
+        let window = usize::from(self.ctx.config.receive_maximum);
+        self.qos0.len() < MAX_QOS0_PENDING
+            && (self.version == Version::V5
+                || (self.gate.len() < window && self.awaiting_pubrel.len() < window))
     }
 
     async fn run(&mut self, registration: &Registration) -> End {
@@ -382,21 +413,12 @@ impl Link {
                 Ok(())
             }
             packet @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
-                self.relay(packet)
+                self.handle_device_ack(packet)
             }
             Packet::Subscribe(subscribe, properties) => {
-                if let Some(bad) = subscribe.filters.iter().find(|f| {
-                    tributary_bridge::route::filter_problem(shared_path(&f.path)).is_some()
-                }) {
-                    tracing::debug!(filter = %bad.path, "invalid topic filter");
-                    return Err(End::Protocol(
-                        DisconnectReasonCode::TopicFilterInvalid,
-                        "invalid_topic_filter",
-                    ));
-                }
-                self.relay(Packet::Subscribe(subscribe, properties))
+                self.handle_subscribe(subscribe, properties)
             }
-            packet @ Packet::Unsubscribe(..) => self.relay(packet),
+            Packet::Unsubscribe(unsubscribe, _) => self.handle_unsubscribe(unsubscribe),
             Packet::PingReq(_) => {
                 self.write(Packet::PingResp(PingResp));
                 Ok(())
@@ -413,183 +435,19 @@ impl Link {
         }
     }
 
-    async fn handle_publish(
-        &mut self,
-        meta: codec::PublishMeta,
-        mut publish: Publish,
-        mut properties: Option<PublishProperties>,
-    ) -> Result<(), End> {
-        let received = Instant::now();
-        self.resolve_topic_alias(&mut publish, properties.as_mut())?;
-        let topic = match std::str::from_utf8(&publish.topic) {
-            Ok(topic) if valid_topic_name(topic) => Arc::<str>::from(topic),
-            _ => {
-                return Err(End::Protocol(
-                    DisconnectReasonCode::TopicNameInvalid,
-                    "invalid_topic_name",
-                ))
-            }
-        };
-        events::PublishReceived { qos: meta.qos }.emit();
-
-        if meta.qos == 2 && self.awaiting_pubrel.contains(&meta.pkid) {
-            // A re-send of a QoS 2 publish we already have [MQTT-4.3.3]: the
-            // first copy went (or is going) to Kafka; do not produce it again.
-            self.gate
-                .push(Ticket::Repeat { pkid: meta.pkid }, received, Ok(Vec::new()));
-            return Ok(());
-        }
-
-        let message = MqttPublish {
-            topic,
-            client_id: self.client_id.clone(),
-            qos: meta.qos,
-            retain: meta.retain,
-            payload: publish.payload.clone(),
-        };
-        let deliveries = produce(&self.ctx, &message).await;
-        let routed = Publish::new(publish.topic, publish.payload, meta.retain);
-        match meta.qos {
-            0 => {
-                // Nothing to acknowledge: Kafka and subscribers get it at once.
-                if let Ok(deliveries) = deliveries {
-                    self.qos0.extend(deliveries);
-                }
-                self.relay(Packet::Publish(routed, properties))
-            }
-            qos => {
-                if qos == 2 {
-                    self.awaiting_pubrel.insert(meta.pkid);
-                }
-                let ticket = Ticket::Publish {
-                    pkid: meta.pkid,
-                    qos,
-                    publish: Box::new(routed),
-                    properties,
-                };
-                self.gate.push(ticket, received, deliveries);
-                Ok(())
-            }
-        }
-    }
-
-    /// Replaces an MQTT 5 topic alias by its topic [MQTT-3.3.2.3.4].
-    fn resolve_topic_alias(
-        &mut self,
-        publish: &mut Publish,
-        properties: Option<&mut PublishProperties>,
-    ) -> Result<(), End> {
-        let Some(properties) = properties else {
-            return Ok(());
-        };
-        let Some(alias) = properties.topic_alias.take() else {
-            return Ok(());
-        };
-        let invalid = End::Protocol(
-            DisconnectReasonCode::TopicAliasInvalid,
-            "topic_alias_invalid",
-        );
-        if alias == 0 || alias > TOPIC_ALIAS_MAX {
-            return Err(invalid);
-        }
-        if publish.topic.is_empty() {
-            publish.topic = self.topic_aliases.get(&alias).cloned().ok_or(invalid)?;
-        } else {
-            self.topic_aliases.insert(alias, publish.topic.clone());
-        }
-        Ok(())
-    }
-
-    fn handle_release(&mut self, released: Released<Ticket>) -> Result<(), End> {
-        let Released {
-            ticket,
-            outcome,
-            received,
-        } = released;
-        let (pkid, qos, routed) = match ticket {
-            Ticket::Publish {
-                pkid,
-                qos,
-                publish,
-                properties,
-            } => (pkid, qos, Some((*publish, properties))),
-            Ticket::Repeat { pkid } => (pkid, 2, None),
-        };
-        match outcome {
-            Ok(()) => {
-                if let Some((publish, properties)) = routed {
-                    self.relay(Packet::Publish(publish, properties))?;
-                }
-                self.write_ack(qos, pkid, None);
-                events::PublishAcknowledged {
-                    qos,
-                    latency: received.elapsed(),
-                }
-                .emit();
-                Ok(())
-            }
-            Err(error) => {
-                events::PublishRefused { qos, error: &error }.emit();
-                if qos == 2 {
-                    self.awaiting_pubrel.remove(&pkid);
-                }
-                match self.version {
-                    Version::V5 => {
-                        self.write_ack(qos, pkid, Some(&error));
-                        Ok(())
-                    }
-                    Version::V4 => Err(End::KafkaRefused),
-                }
-            }
-        }
-    }
-
-    /// PUBACK (QoS 1) or PUBREC (QoS 2); with an error, its MQTT 5 failure code.
-    fn write_ack(&mut self, qos: u8, pkid: u16, error: Option<&DeliveryError>) {
-        let packet = if qos == 1 {
-            let reason = match error.map(DeliveryError::reason) {
-                None => PubAckReason::Success,
-                Some("queue_full") => PubAckReason::QuotaExceeded,
-                Some("not_authorized") => PubAckReason::NotAuthorized,
-                Some(_) => PubAckReason::UnspecifiedError,
-            };
-            Packet::PubAck(PubAck { pkid, reason }, None)
-        } else {
-            let reason = match error.map(DeliveryError::reason) {
-                None => PubRecReason::Success,
-                Some("queue_full") => PubRecReason::QuotaExceeded,
-                Some("not_authorized") => PubRecReason::NotAuthorized,
-                Some(_) => PubRecReason::UnspecifiedError,
-            };
-            Packet::PubRec(PubRec { pkid, reason }, None)
-        };
-        self.write(packet);
-    }
-
-    fn handle_pubrel(&mut self, pubrel: PubRel) {
-        let reason = if self.awaiting_pubrel.remove(&pubrel.pkid) {
-            PubCompReason::Success
-        } else {
-            PubCompReason::PacketIdentifierNotFound
-        };
-        self.write(Packet::PubComp(
-            PubComp {
-                pkid: pubrel.pkid,
-                reason,
-            },
-            None,
-        ));
-    }
-
     async fn handle_notification(
         &mut self,
         notification: Result<Option<Notification>, rumqttd::local::LinkError>,
     ) -> Result<(), End> {
         match notification {
-            Ok(Some(Notification::Forward(forward))) => {
-                self.write(Packet::Publish(forward.publish, forward.properties));
-            }
-            Ok(Some(Notification::DeviceAck(ack))) => self.write(Packet::from(ack)),
+            Ok(Some(Notification::Forward(forward))) => self.handle_forward(forward)?,
+            // The router's acknowledgement type is private; its packet is not.
+            Ok(Some(Notification::DeviceAck(ack))) => match Packet::from(ack) {
+                Packet::PubRel(pubrel, _) => self.handle_router_pubrel(pubrel)?,
+                // UNSUBSCRIBE is answered by the gateway (see `deliver`).
+                Packet::UnsubAck(..) => {}
+                packet => self.write(packet),
+            },
             Ok(Some(Notification::Unschedule)) => {
                 self.router.rx.wake().await.map_err(|_| End::RouterGone)?;
             }
@@ -645,6 +503,12 @@ impl Link {
                 self.ctx.wills.schedule(self.client_id.clone(), will);
             }
         }
+        if !self.clean_session && !self.subscriptions.is_empty() {
+            let subscriptions = std::mem::take(&mut self.subscriptions);
+            self.ctx
+                .sessions
+                .save_subscriptions(self.client_id.clone(), subscriptions);
+        }
         events::ConnectionEnded {
             reason: end.label(),
         }
@@ -652,27 +516,6 @@ impl Link {
         // Last: a successor waiting to take over may now register with the router.
         drop(registration);
     }
-}
-
-/// Queues one record per route `message` matches, in order.
-async fn produce(
-    ctx: &LinkContext,
-    message: &MqttPublish,
-) -> Result<Vec<PendingDelivery>, DeliveryError> {
-    let routes = ctx.routes.matches(&message.topic);
-    let mut deliveries = Vec::with_capacity(routes.len());
-    for route in routes {
-        let record = Record::build(route, message);
-        deliveries.push(ctx.producer.enqueue(record).await?);
-    }
-    Ok(deliveries)
-}
-
-/// The filter of a shared subscription (`$share/group/filter`), else `path`.
-fn shared_path(path: &str) -> &str {
-    path.strip_prefix("$share/")
-        .and_then(|rest| rest.split_once('/'))
-        .map_or(path, |(_, filter)| filter)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

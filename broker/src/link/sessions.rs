@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::subscriptions::Subscriptions;
+
 /// How long a new connection waits for the one it takes over to leave.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -19,6 +21,8 @@ struct Inner {
     next_generation: u64,
     connected: HashMap<Arc<str>, Registered>,
     pending_wills: HashMap<Arc<str>, (u64, CancellationToken)>,
+    /// Subscription options of sessions that outlive their connection.
+    subscriptions: HashMap<Arc<str>, Subscriptions>,
 }
 
 struct Registered {
@@ -126,6 +130,18 @@ impl Sessions {
         {
             inner.pending_wills.remove(client_id);
         }
+    }
+}
+
+impl Sessions {
+    /// Keeps a persistent session's subscription options for its next connection.
+    pub fn save_subscriptions(&self, client_id: Arc<str>, subscriptions: Subscriptions) {
+        self.lock().subscriptions.insert(client_id, subscriptions);
+    }
+
+    /// The saved subscription options of `client_id`, removed from the registry.
+    pub fn take_subscriptions(&self, client_id: &str) -> Option<Subscriptions> {
+        self.lock().subscriptions.remove(client_id)
     }
 }
 

@@ -1,0 +1,241 @@
+//! Publishes from the device: topic checks and aliases, the Kafka gate, and the
+//! acknowledgements that go back in arrival order once Kafka has answered.
+//!
+//! It never acknowledges a routed QoS 1/2 publish before every one of its Kafka
+//! delivery reports is positive.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rumqttd::protocol::{
+    DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, PubRel, Publish, PublishProperties,
+};
+use tributary_bridge::{DeliveryError, MqttPublish, PendingDelivery, Record};
+
+use super::codec::{self, Version};
+use super::gate::Released;
+use super::outgoing::Origin;
+use super::{valid_topic_name, End, Link, LinkContext, TOPIC_ALIAS_MAX};
+use crate::events;
+
+/// What a gate entry does when released.
+pub(super) enum Ticket {
+    /// A new QoS 1/2 publish: ack it, and hand it to the router if Kafka has it.
+    Publish {
+        pkid: u16,
+        qos: u8,
+        publish: Box<Publish>,
+        properties: Option<PublishProperties>,
+    },
+    /// A re-sent QoS 2 publish still awaiting PUBREL: PUBREC again, nothing else.
+    Repeat { pkid: u16 },
+}
+
+impl Link {
+    /// QoS 1/2 publishes received and not yet completed (PUBACK sent, or for
+    /// QoS 2 PUBREL received): what MQTT 5 Receive Maximum limits.
+    pub(super) fn incoming_in_flight(&self) -> usize {
+        self.qos1_in_gate + self.awaiting_pubrel.len()
+    }
+
+    pub(super) async fn handle_publish(
+        &mut self,
+        meta: codec::PublishMeta,
+        mut publish: Publish,
+        mut properties: Option<PublishProperties>,
+    ) -> Result<(), End> {
+        let received = Instant::now();
+        self.resolve_topic_alias(&mut publish, properties.as_mut())?;
+        let topic = match std::str::from_utf8(&publish.topic) {
+            Ok(topic) if valid_topic_name(topic) => Arc::<str>::from(topic),
+            _ => {
+                return Err(End::Protocol(
+                    DisconnectReasonCode::TopicNameInvalid,
+                    "invalid_topic_name",
+                ))
+            }
+        };
+        events::PublishReceived { qos: meta.qos }.emit();
+        let repeat = meta.qos == 2 && self.awaiting_pubrel.contains(&meta.pkid);
+        if meta.qos > 0
+            && !repeat
+            && self.incoming_in_flight() >= usize::from(self.ctx.config.receive_maximum)
+        {
+            // [MQTT-3.3.4-9]: more unacknowledged publishes than announced.
+            return Err(End::Protocol(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                "receive_maximum_exceeded",
+            ));
+        }
+
+        if repeat {
+            // A re-send of a QoS 2 publish we already have [MQTT-4.3.3]: the
+            // first copy went (or is going) to Kafka; do not produce it again.
+            self.gate
+                .push(Ticket::Repeat { pkid: meta.pkid }, received, Ok(Vec::new()));
+            return Ok(());
+        }
+
+        let message = MqttPublish {
+            topic,
+            client_id: self.client_id.clone(),
+            qos: meta.qos,
+            retain: meta.retain,
+            payload: publish.payload.clone(),
+        };
+        let deliveries = produce(&self.ctx, &message).await;
+        let routed = Publish::new(publish.topic, publish.payload, meta.retain);
+        // What the router forgets travels with the message (see `outgoing`).
+        let properties = Origin::now(meta.qos, meta.retain, &self.client_id).attach(properties);
+        match meta.qos {
+            0 => {
+                // Nothing to acknowledge: Kafka and subscribers get it at once.
+                if let Ok(deliveries) = deliveries {
+                    self.qos0.extend(deliveries);
+                }
+                self.relay(Packet::Publish(routed, properties))
+            }
+            qos => {
+                if qos == 2 {
+                    self.awaiting_pubrel.insert(meta.pkid);
+                } else {
+                    self.qos1_in_gate += 1;
+                }
+                let ticket = Ticket::Publish {
+                    pkid: meta.pkid,
+                    qos,
+                    publish: Box::new(routed),
+                    properties,
+                };
+                self.gate.push(ticket, received, deliveries);
+                Ok(())
+            }
+        }
+    }
+
+    /// Replaces an MQTT 5 topic alias by its topic [MQTT-3.3.2.3.4].
+    pub(super) fn resolve_topic_alias(
+        &mut self,
+        publish: &mut Publish,
+        properties: Option<&mut PublishProperties>,
+    ) -> Result<(), End> {
+        let Some(properties) = properties else {
+            return Ok(());
+        };
+        let Some(alias) = properties.topic_alias.take() else {
+            return Ok(());
+        };
+        let invalid = End::Protocol(
+            DisconnectReasonCode::TopicAliasInvalid,
+            "topic_alias_invalid",
+        );
+        if alias == 0 || alias > TOPIC_ALIAS_MAX {
+            return Err(invalid);
+        }
+        if publish.topic.is_empty() {
+            publish.topic = self.topic_aliases.get(&alias).cloned().ok_or(invalid)?;
+        } else {
+            self.topic_aliases.insert(alias, publish.topic.clone());
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_release(&mut self, released: Released<Ticket>) -> Result<(), End> {
+        let Released {
+            ticket,
+            outcome,
+            received,
+        } = released;
+        let (pkid, qos, routed) = match ticket {
+            Ticket::Publish {
+                pkid,
+                qos,
+                publish,
+                properties,
+            } => (pkid, qos, Some((*publish, properties))),
+            Ticket::Repeat { pkid } => (pkid, 2, None),
+        };
+        if qos == 1 {
+            self.qos1_in_gate -= 1;
+        }
+        match outcome {
+            Ok(()) => {
+                if let Some((publish, properties)) = routed {
+                    self.relay(Packet::Publish(publish, properties))?;
+                }
+                self.write_ack(qos, pkid, None);
+                events::PublishAcknowledged {
+                    qos,
+                    latency: received.elapsed(),
+                }
+                .emit();
+                Ok(())
+            }
+            Err(error) => {
+                events::PublishRefused { qos, error: &error }.emit();
+                if qos == 2 {
+                    self.awaiting_pubrel.remove(&pkid);
+                }
+                match self.version {
+                    Version::V5 => {
+                        self.write_ack(qos, pkid, Some(&error));
+                        Ok(())
+                    }
+                    Version::V4 => Err(End::KafkaRefused),
+                }
+            }
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2); with an error, its MQTT 5 failure code.
+    fn write_ack(&mut self, qos: u8, pkid: u16, error: Option<&DeliveryError>) {
+        let packet = if qos == 1 {
+            let reason = match error.map(DeliveryError::reason) {
+                None => PubAckReason::Success,
+                Some("queue_full") => PubAckReason::QuotaExceeded,
+                Some("not_authorized") => PubAckReason::NotAuthorized,
+                Some(_) => PubAckReason::UnspecifiedError,
+            };
+            Packet::PubAck(PubAck { pkid, reason }, None)
+        } else {
+            let reason = match error.map(DeliveryError::reason) {
+                None => PubRecReason::Success,
+                Some("queue_full") => PubRecReason::QuotaExceeded,
+                Some("not_authorized") => PubRecReason::NotAuthorized,
+                Some(_) => PubRecReason::UnspecifiedError,
+            };
+            Packet::PubRec(PubRec { pkid, reason }, None)
+        };
+        self.write(packet);
+    }
+
+    pub(super) fn handle_pubrel(&mut self, pubrel: PubRel) {
+        let reason = if self.awaiting_pubrel.remove(&pubrel.pkid) {
+            PubCompReason::Success
+        } else {
+            PubCompReason::PacketIdentifierNotFound
+        };
+        self.write(Packet::PubComp(
+            PubComp {
+                pkid: pubrel.pkid,
+                reason,
+            },
+            None,
+        ));
+    }
+}
+
+/// Queues one record per route `message` matches, in order.
+async fn produce(
+    ctx: &LinkContext,
+    message: &MqttPublish,
+) -> Result<Vec<PendingDelivery>, DeliveryError> {
+    let routes = ctx.routes.matches(&message.topic);
+    let mut deliveries = Vec::with_capacity(routes.len());
+    for route in routes {
+        let record = Record::build(route, message);
+        deliveries.push(ctx.producer.enqueue(record).await?);
+    }
+    Ok(deliveries)
+}

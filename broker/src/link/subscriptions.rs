@@ -1,0 +1,145 @@
+//! One client's subscriptions and their MQTT 5 options, as the gateway saw them.
+//!
+//! The router keeps the subscriptions that route messages; this table keeps what
+//! the router ignores (No Local, Retain As Published, Retain Handling) so each
+//! delivery can be decided, and answers UNSUBSCRIBE truthfully. It is kept with
+//! the session when the session outlives the connection.
+
+use std::collections::HashMap;
+
+use rumqttd::protocol::{matches, Filter, RetainForwardRule};
+
+/// Options of one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+    /// A shared subscription (`$share/group/filter`) receives only its share.
+    pub shared: bool,
+}
+
+/// MQTT 5 Retain Handling [MQTT-3.8.3.1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainHandling {
+    /// Send retained messages at every subscribe (0).
+    OnSubscribe,
+    /// Send retained messages only if the subscription is new (1).
+    OnNewSubscription,
+    /// Never send retained messages at subscribe (2).
+    Never,
+}
+
+/// The client's subscriptions, by filter as subscribed (`$share/…` included).
+#[derive(Debug, Default, Clone)]
+pub struct Subscriptions {
+    by_filter: HashMap<String, Options>,
+}
+
+/// The filter part of a shared subscription path, and whether it was shared.
+pub fn split_shared(path: &str) -> (&str, bool) {
+    match path
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((_, filter)) => (filter, true),
+        None => (path, false),
+    }
+}
+
+impl Subscriptions {
+    /// Records a subscription; returns true when it did not exist before.
+    pub fn subscribe(&mut self, filter: &Filter) -> bool {
+        let (_, shared) = split_shared(&filter.path);
+        let options = Options {
+            qos: filter.qos as u8,
+            no_local: filter.nolocal,
+            retain_as_published: filter.preserve_retain,
+            retain_handling: match filter.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => RetainHandling::OnSubscribe,
+                RetainForwardRule::OnNewSubscribe => RetainHandling::OnNewSubscription,
+                RetainForwardRule::Never => RetainHandling::Never,
+            },
+            shared,
+        };
+        self.by_filter
+            .insert(filter.path.clone(), options)
+            .is_none()
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&mut self, path: &str) -> bool {
+        self.by_filter.remove(path).is_some()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_filter.is_empty()
+    }
+
+    /// The options of every subscription matching `topic`.
+    pub fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Options> + 'a {
+        self.by_filter.iter().filter_map(move |(path, options)| {
+            let (filter, _) = split_shared(path);
+            matches_filter(topic, filter).then_some(options)
+        })
+    }
+}
+
+/// MQTT topic matching, with `$` topics not matched by leading wildcards
+/// [MQTT-4.7.2-1].
+fn matches_filter(topic: &str, filter: &str) -> bool {
+    if topic.starts_with('$') {
+        if filter.starts_with('+') || filter.starts_with('#') {
+            return false;
+        }
+        // rumqttd's matcher refuses every `$` topic; compare literally instead.
+        return topic
+            .split('/')
+            .zip(filter.split('/'))
+            .all(|(t, f)| f == "+" || f == "#" || t == f)
+            && (filter.ends_with('#') || topic.split('/').count() == filter.split('/').count());
+    }
+    matches(topic, filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttd::protocol::QoS;
+
+    use super::*;
+
+    fn filter(path: &str, nolocal: bool) -> Filter {
+        Filter {
+            path: path.into(),
+            qos: QoS::AtLeastOnce,
+            nolocal,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        }
+    }
+
+    #[test]
+    fn matching_finds_every_overlapping_subscription() {
+        let mut subs = Subscriptions::default();
+        assert!(subs.subscribe(&filter("a/#", true)));
+        assert!(subs.subscribe(&filter("a/+", false)));
+        assert!(subs.subscribe(&filter("$share/g/a/b", false)));
+        assert!(!subs.subscribe(&filter("a/+", true)), "re-subscribe");
+        assert_eq!(subs.matching("a/b").count(), 3);
+        assert_eq!(subs.matching("a/b/c").count(), 1);
+        assert!(subs.matching("a/b").any(|o| o.shared));
+        assert!(subs.unsubscribe("a/+"));
+        assert!(!subs.unsubscribe("a/+"));
+        assert_eq!(subs.matching("a/b").count(), 2);
+    }
+
+    #[test]
+    fn system_topics_need_a_literal_first_level() {
+        let mut subs = Subscriptions::default();
+        subs.subscribe(&filter("#", false));
+        subs.subscribe(&filter("$SYS/+", false));
+        assert_eq!(subs.matching("$SYS/x").count(), 1);
+        assert_eq!(subs.matching("$SYS/x/y").count(), 0);
+    }
+}
