@@ -115,10 +115,9 @@ fn unix_ms(at: SystemTime) -> u64 {
 /// drops the packet identifier (and shortens the remaining length).
 pub fn rewrite_publish(frame: &[u8], fixed_header_len: usize, qos: u8, retain: bool) -> BytesMut {
     let old_qos = (frame[0] >> 1) & 0b11;
-    let byte1 = (frame[0] & 0b1111_0000)
-        | (frame[0] & 0b1000) * u8::from(qos > 0)
-        | (qos << 1)
-        | u8::from(retain);
+    // DUP means nothing at QoS 0 [MQTT-3.3.1-2].
+    let dup = if qos > 0 { frame[0] & 0b1000 } else { 0 };
+    let byte1 = (frame[0] & 0b1111_0000) | dup | (qos << 1) | u8::from(retain);
     let body = &frame[fixed_header_len..];
     if old_qos > 0 && qos == 0 {
         let topic_end = 2 + usize::from(u16::from_be_bytes([body[0], body[1]]));
