@@ -34,6 +34,13 @@ impl Version {
 
     /// Decodes one whole frame.
     pub fn decode(self, frame: &mut BytesMut) -> Result<Packet, CodecError> {
+        if self == Version::V5 && frame.len() == 3 && frame[..2] == [0xe0, 1] {
+            // A DISCONNECT with a reason code and no property length is valid
+            // [MQTT-3.14.2.2.1] but rumqttd's decoder rejects it: add the
+            // zero property length it expects.
+            let reason = frame[2];
+            *frame = BytesMut::from(&[0xe0, 2, reason, 0][..]);
+        }
         let max = frame.len();
         match self {
             Version::V4 => V4.read_mut(frame, max),
@@ -127,6 +134,13 @@ impl Frame {
         let name = body.get(2..2 + name_len)?;
         let level = *body.get(2 + name_len)?;
         Some((name, level))
+    }
+
+    /// The connect flags byte of a CONNECT frame.
+    pub fn connect_flags(&self) -> Option<u8> {
+        let body = self.bytes.get(self.header.fixed_header_len..)?;
+        let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        body.get(2 + name_len + 1).copied()
     }
 
     /// QoS, DUP, RETAIN and packet identifier of a PUBLISH frame.
@@ -224,6 +238,32 @@ mod tests {
         assert_eq!(
             next_frame(&mut buf, 1024).unwrap_err(),
             FrameError::MalformedLength
+        );
+    }
+
+    #[test]
+    fn decodes_short_packets_in_both_versions() {
+        for version in [Version::V4, Version::V5] {
+            let mut ping = BytesMut::from(&[0xc0, 0][..]);
+            assert!(matches!(version.decode(&mut ping), Ok(Packet::PingReq(_))));
+            let mut bye = BytesMut::from(&[0xe0, 0][..]);
+            assert!(matches!(
+                version.decode(&mut bye),
+                Ok(Packet::Disconnect(..))
+            ));
+        }
+    }
+
+    #[test]
+    fn decodes_a_disconnect_without_property_length() {
+        let mut frame = BytesMut::from(&[0xe0, 1, 0x04][..]);
+        let packet = Version::V5.decode(&mut frame).unwrap();
+        let Packet::Disconnect(disconnect, _) = packet else {
+            panic!("{packet:?}");
+        };
+        assert_eq!(
+            disconnect.reason_code,
+            rumqttd::protocol::DisconnectReasonCode::DisconnectWithWillMessage
         );
     }
 

@@ -130,6 +130,20 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
         }
     };
 
+    let flags = frame.connect_flags().unwrap_or(0);
+    if flags & 0b0000_0001 != 0 {
+        // [MQTT-3.1.2-3]: the reserved flag must be zero.
+        return Err(Refused::Closed {
+            reason: "malformed",
+        });
+    }
+    if version == Version::V4 && flags & 0b0100_0000 != 0 && flags & 0b1000_0000 == 0 {
+        // [MQTT-3.1.2-22]: no password without a user name in MQTT 3.1.1.
+        return Err(Refused::Closed {
+            reason: "malformed",
+        });
+    }
+
     let mut bytes = frame.bytes;
     let Ok(Packet::Connect(connect, properties, will, will_properties, _login)) =
         version.decode(&mut bytes)

@@ -16,6 +16,7 @@ use rumqttd::Notification;
 use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
 
 use crate::events;
+use crate::link::outgoing::Origin;
 use crate::link::sessions::Sessions;
 use crate::router::{self, EmbeddedRouter, RESERVED_CLIENT_PREFIX};
 
@@ -138,9 +139,10 @@ impl Wills {
             }
         }
         let publish = Publish::new(will.topic, will.payload, will.retain);
+        let properties = Origin::now(will.qos, will.retain, client_id).attach(will.properties);
         let sent = {
             let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-            router::send(&mut tx, Packet::Publish(publish, will.properties))
+            router::send(&mut tx, Packet::Publish(publish, properties))
         };
         events::WillPublished {
             kafka_ok,

@@ -1,0 +1,109 @@
+//! Delivery QoS [MQTT-3.8.4-8]: min(publish QoS, granted QoS), whatever the
+//! router does; overlapping subscriptions [MQTT-3.3.4-2].
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties, SubscribeProperties};
+use rumqttc::v5::mqttbytes::QoS;
+
+use crate::{broker, filter, Client, QUIET, WAIT};
+
+fn qos_name(qos: QoS) -> &'static str {
+    match qos {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    }
+}
+
+#[tokio::test]
+async fn delivered_at_the_lower_of_publish_and_subscription_qos() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let all = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    let mut subscribers = Vec::new();
+    for granted in all {
+        let (mut sub, _) = Client::connect(addr, &format!("qos-sub-{}", qos_name(granted))).await;
+        sub.subscribe(filter("qos/#", granted)).await;
+        subscribers.push((granted, sub));
+    }
+    let (mut publisher, _) = Client::connect(addr, "qos-pub").await;
+    // Twice over, so a broken acknowledgement flow would show on the second round.
+    for round in 0..2 {
+        for sent in all {
+            let payload = format!("{round}-{}", qos_name(sent));
+            publisher
+                .publish(
+                    "qos/x",
+                    sent,
+                    false,
+                    payload.as_bytes(),
+                    PublishProperties::default(),
+                )
+                .await;
+            for (granted, sub) in subscribers.iter_mut() {
+                let got = sub.next_publish(WAIT).await.expect("delivered");
+                assert_eq!(got.payload, Bytes::from(payload.clone()));
+                let expected = std::cmp::min(sent as u8, *granted as u8);
+                assert_eq!(
+                    got.qos as u8,
+                    expected,
+                    "published at {}, granted {}",
+                    qos_name(sent),
+                    qos_name(*granted)
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_at_the_highest_granted_qos() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let (mut sub, _) = Client::connect(addr, "overlap-sub").await;
+    for (path, qos, id) in [("ov/#", QoS::AtMostOnce, 1), ("ov/+", QoS::ExactlyOnce, 2)] {
+        sub.client
+            .subscribe_with_properties(
+                path,
+                qos,
+                SubscribeProperties {
+                    id: Some(id),
+                    user_properties: Vec::new(),
+                },
+            )
+            .await
+            .unwrap();
+        sub.suback().await;
+    }
+    let (mut publisher, _) = Client::connect(addr, "overlap-pub").await;
+    publisher
+        .publish(
+            "ov/a",
+            QoS::ExactlyOnce,
+            false,
+            b"both",
+            PublishProperties::default(),
+        )
+        .await;
+    let mut copies = Vec::new();
+    while let Some(packet) = sub.next(QUIET).await {
+        if let Packet::Publish(p) = packet {
+            let ids = p
+                .properties
+                .map(|props| props.subscription_identifiers)
+                .unwrap_or_default();
+            copies.push((p.qos, ids));
+        }
+    }
+    assert!(
+        copies.iter().any(|(qos, _)| *qos == QoS::ExactlyOnce),
+        "one copy at the highest granted QoS: {copies:?}"
+    );
+    let mut ids: Vec<usize> = copies.iter().flat_map(|(_, ids)| ids.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [1, 2],
+        "every matching subscription identifier: {copies:?}"
+    );
+}
