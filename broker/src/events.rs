@@ -268,3 +268,15 @@ impl DeliverySkipped {
         metrics::counter!(DELIVERIES_SKIPPED_TOTAL, "reason" => self.reason).increment(1);
     }
 }
+
+/// Sessions that expired and were removed from the router.
+pub const SESSIONS_EXPIRED_TOTAL: &str = "tributary_sessions_expired_total";
+
+/// A stored session reached its expiry and was removed.
+pub struct SessionExpired;
+
+impl SessionExpired {
+    pub fn emit(self) {
+        metrics::counter!(SESSIONS_EXPIRED_TOTAL).increment(1);
+    }
+}

@@ -41,7 +41,7 @@ use codec::{next_frame, Frame, Version, PUBLISH};
 use gate::Gate;
 use incoming::Ticket;
 use outgoing::Ledger;
-use sessions::{Registration, Sessions};
+use sessions::{end_router_session, Expiry, Registration, Sessions};
 use subscriptions::Subscriptions;
 use will::{Will, Wills};
 
@@ -103,9 +103,23 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
     if registration.took_over {
         events::SessionTakenOver.emit();
     }
+    let expiry = Expiry::from_connect(
+        connect.version,
+        connect.clean_session,
+        connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval),
+    );
+    // The router keeps a session iff its link is not clean; Clean Start with a
+    // session that outlives the connection first ends any stored one.
+    let router_clean = expiry == Expiry::AtDisconnect && connect.clean_session;
+    if connect.clean_session && !router_clean {
+        end_router_session(&ctx.router, &connect.client_id).await;
+    }
     let router = match ctx
         .router
-        .connect(connect.client_id.to_string(), connect.clean_session)
+        .connect(connect.client_id.to_string(), router_clean)
         .await
     {
         Ok(link) => link,
@@ -132,7 +146,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
         }
     };
 
-    let session_present = router.session_present && !connect.clean_session;
+    let session_present = router.session_present && !router_clean;
     let mut link = Link {
         version: connect.version,
         client_id: connect.client_id.clone(),
@@ -166,10 +180,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
             .as_ref()
             .and_then(|p| p.max_packet_size)
             .map_or(usize::MAX, |size| size as usize),
-        clean_session: connect.clean_session,
+        router_clean,
+        expiry,
+        disconnect_expiry: None,
         ctx: ctx.clone(),
     };
-    link.send_connack(&connect);
+    link.send_connack(&connect, session_present);
     events::Connected {
         version: connect.version.label(),
     }
@@ -274,11 +290,16 @@ struct Link {
     client_receive_maximum: usize,
     /// The client's Maximum Packet Size (MQTT 5), else unlimited.
     client_max_packet_size: usize,
-    clean_session: bool,
+    /// The router link does not keep a session (else the router stores one at
+    /// disconnect, which the gateway ends when it expires).
+    router_clean: bool,
+    expiry: Expiry,
+    /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
+    disconnect_expiry: Option<u32>,
 }
 
 impl Link {
-    fn send_connack(&mut self, connect: &connect::Connect) {
+    fn send_connack(&mut self, connect: &connect::Connect, session_present: bool) {
         let properties = (self.version == Version::V5).then(|| ConnAckProperties {
             receive_max: Some(self.ctx.config.receive_maximum),
             max_packet_size: Some(self.ctx.config.max_packet_size as u32),
@@ -291,7 +312,7 @@ impl Link {
         });
         self.write(Packet::ConnAck(
             ConnAck {
-                session_present: self.router.session_present && !connect.clean_session,
+                session_present,
                 code: ConnectReturnCode::Success,
             },
             properties,
@@ -423,7 +444,12 @@ impl Link {
                 self.write(Packet::PingResp(PingResp));
                 Ok(())
             }
-            Packet::Disconnect(disconnect, _) => Err(End::Disconnect(disconnect.reason_code)),
+            Packet::Disconnect(disconnect, properties) => {
+                // [MQTT-3.14.2-2]: a session that ends at disconnect cannot be
+                // extended by DISCONNECT; the router link is clean anyway.
+                self.disconnect_expiry = properties.and_then(|p| p.session_expiry_interval);
+                Err(End::Disconnect(disconnect.reason_code))
+            }
             Packet::Connect(..) => Err(End::Protocol(
                 DisconnectReasonCode::ProtocolError,
                 "second_connect",
@@ -503,7 +529,26 @@ impl Link {
                 self.ctx.wills.schedule(self.client_id.clone(), will);
             }
         }
-        if !self.clean_session && !self.subscriptions.is_empty() {
+        let mut session_kept = !self.router_clean;
+        if session_kept && end != End::TakenOver {
+            // On takeover the new connection decides the session's fate.
+            let expiry = self
+                .disconnect_expiry
+                .map_or(self.expiry, Expiry::from_interval);
+            match expiry {
+                Expiry::AtDisconnect => {
+                    end_router_session(&self.ctx.router, &self.client_id).await;
+                    session_kept = false;
+                }
+                Expiry::After(after) => self.ctx.sessions.expire_later(
+                    self.ctx.router.clone(),
+                    self.client_id.clone(),
+                    after,
+                ),
+                Expiry::Never => {}
+            }
+        }
+        if session_kept && !self.subscriptions.is_empty() {
             let subscriptions = std::mem::take(&mut self.subscriptions);
             self.ctx
                 .sessions

@@ -11,16 +11,53 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::codec::Version;
 use super::subscriptions::Subscriptions;
+use crate::events;
+use crate::router::{self, EmbeddedRouter};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 
 /// How long a new connection waits for the one it takes over to leave.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-client timers that a reconnect cancels (delayed wills, session expiry).
+#[derive(Default)]
+struct Timers {
+    by_client: HashMap<Arc<str>, (u64, CancellationToken)>,
+}
+
+impl Timers {
+    fn start(&mut self, id: u64, client_id: Arc<str>) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Some((_, previous)) = self.by_client.insert(client_id, (id, token.clone())) {
+            previous.cancel();
+        }
+        token
+    }
+
+    fn done(&mut self, client_id: &str, id: u64) {
+        if self
+            .by_client
+            .get(client_id)
+            .is_some_and(|(current, _)| *current == id)
+        {
+            self.by_client.remove(client_id);
+        }
+    }
+
+    fn cancel(&mut self, client_id: &str) {
+        if let Some((_, token)) = self.by_client.remove(client_id) {
+            token.cancel();
+        }
+    }
+}
 
 #[derive(Default)]
 struct Inner {
     next_generation: u64,
     connected: HashMap<Arc<str>, Registered>,
-    pending_wills: HashMap<Arc<str>, (u64, CancellationToken)>,
+    pending_wills: Timers,
+    expiring_sessions: Timers,
     /// Subscription options of sessions that outlive their connection.
     subscriptions: HashMap<Arc<str>, Subscriptions>,
 }
@@ -59,11 +96,19 @@ impl Sessions {
     /// Registers `client_id`, closing any connection that holds it and
     /// cancelling its delayed will.
     pub async fn register(&self, client_id: Arc<str>) -> Registration {
-        let previous = {
+        {
             let mut inner = self.lock();
-            if let Some((_, will)) = inner.pending_wills.remove(&client_id) {
-                will.cancel();
-            }
+            inner.pending_wills.cancel(&client_id);
+            inner.expiring_sessions.cancel(&client_id);
+        }
+        self.register_quietly(client_id).await
+    }
+
+    /// Registers without touching the client's timers (for the session expiry
+    /// itself, which must not cancel a will still waiting).
+    async fn register_quietly(&self, client_id: Arc<str>) -> Registration {
+        let previous = {
+            let inner = self.lock();
             inner.connected.get(&client_id).map(|old| {
                 old.kick.cancel();
                 old.gone.clone()
@@ -110,26 +155,41 @@ impl Sessions {
     /// Registers a delayed will for `client_id`; the token is cancelled if the
     /// client reconnects first. Returns the will's id for [`Sessions::will_done`].
     pub fn will_pending(&self, client_id: Arc<str>) -> (u64, CancellationToken) {
-        let token = CancellationToken::new();
         let mut inner = self.lock();
         inner.next_generation += 1;
         let id = inner.next_generation;
-        if let Some((_, previous)) = inner.pending_wills.insert(client_id, (id, token.clone())) {
-            previous.cancel();
-        }
-        (id, token)
+        (id, inner.pending_wills.start(id, client_id))
     }
 
     /// Forgets a delayed will once published or cancelled.
     pub fn will_done(&self, client_id: &str, id: u64) {
-        let mut inner = self.lock();
-        if inner
-            .pending_wills
-            .get(client_id)
-            .is_some_and(|(current, _)| *current == id)
-        {
-            inner.pending_wills.remove(client_id);
-        }
+        self.lock().pending_wills.done(client_id, id);
+    }
+
+    /// Ends the router session of `client_id` after `after`, unless the client
+    /// reconnects first.
+    pub fn expire_later(&self, router: EmbeddedRouter, client_id: Arc<str>, after: Duration) {
+        let (id, cancelled) = {
+            let mut inner = self.lock();
+            inner.next_generation += 1;
+            let id = inner.next_generation;
+            (id, inner.expiring_sessions.start(id, client_id.clone()))
+        };
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cancelled.cancelled() => return,
+                () = tokio::time::sleep(after) => {}
+            }
+            sessions.lock().expiring_sessions.done(&client_id, id);
+            // Hold the client id while the router forgets it, so a device
+            // connecting meanwhile waits and finds no session.
+            let registration = sessions.register_quietly(client_id.clone()).await;
+            end_router_session(&router, &client_id).await;
+            sessions.take_subscriptions(&client_id);
+            events::SessionExpired.emit();
+            drop(registration);
+        });
     }
 }
 
@@ -142,6 +202,51 @@ impl Sessions {
     /// The saved subscription options of `client_id`, removed from the registry.
     pub fn take_subscriptions(&self, client_id: &str) -> Option<Subscriptions> {
         self.lock().subscriptions.remove(client_id)
+    }
+}
+
+/// How long a session outlives its network connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The session ends with the connection (3.1.1 clean session; MQTT 5
+    /// Session Expiry Interval 0).
+    AtDisconnect,
+    After(Duration),
+    /// 3.1.1 persistent sessions; MQTT 5 interval 0xFFFFFFFF.
+    Never,
+}
+
+impl Expiry {
+    /// From a CONNECT: 3.1.1 has only the clean session flag; MQTT 5 has the
+    /// Session Expiry Interval (absent means 0) [MQTT-3.1.2.11.2].
+    pub fn from_connect(version: Version, clean_session: bool, interval: Option<u32>) -> Expiry {
+        match version {
+            Version::V4 if clean_session => Expiry::AtDisconnect,
+            Version::V4 => Expiry::Never,
+            Version::V5 => Expiry::from_interval(interval.unwrap_or(0)),
+        }
+    }
+
+    pub fn from_interval(seconds: u32) -> Expiry {
+        match seconds {
+            0 => Expiry::AtDisconnect,
+            u32::MAX => Expiry::Never,
+            seconds => Expiry::After(Duration::from_secs(u64::from(seconds))),
+        }
+    }
+}
+
+/// Makes the router forget everything it keeps for `client_id`: a clean-session
+/// connection discards the stored state, and its disconnect stores none.
+pub async fn end_router_session(router: &EmbeddedRouter, client_id: &str) {
+    match router.connect(client_id.to_owned(), true).await {
+        Ok(mut link) => {
+            let leave = Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            };
+            let _ = router::send(&mut link.tx, Packet::Disconnect(leave, None));
+        }
+        Err(error) => tracing::warn!(%error, client_id, "could not end a router session"),
     }
 }
 

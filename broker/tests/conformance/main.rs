@@ -9,6 +9,7 @@ mod connect;
 mod delivery;
 mod flow;
 mod publish;
+mod sessions;
 mod shared;
 mod subscribe;
 mod wills;
