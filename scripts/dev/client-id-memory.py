@@ -20,10 +20,16 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
-def connect_packet(client_id, clean):
+def connect_packet(client_id, clean, v5_expiry):
     cid = client_id.encode()
     flags = 0x02 if clean else 0x00
-    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + struct.pack("!H", len(cid)) + cid
+    if v5_expiry is None:
+        body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c"
+    else:
+        properties = b"\x11" + struct.pack("!I", v5_expiry)
+        body = b"\x00\x04MQTT\x05" + bytes([flags]) + b"\x00\x3c"
+        body += bytes([len(properties)]) + properties
+    body += struct.pack("!H", len(cid)) + cid
     return b"\x10" + bytes([len(body)]) + body
 
 
@@ -33,19 +39,26 @@ def main():
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--clients", type=int, default=100000)
     parser.add_argument("--persistent", action="store_true", help="clean session = 0")
+    parser.add_argument(
+        "--v5-expiry", type=int, help="MQTT 5 with this Session Expiry Interval (s)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds to wait before measuring"
+    )
     args = parser.parse_args()
     before = rss_kib(args.pid)
     start = time.time()
     for i in range(args.clients):
         with socket.create_connection(("127.0.0.1", args.port)) as s:
-            s.sendall(connect_packet(f"memtest-{i}", not args.persistent))
-            connack = s.recv(4)
-            assert connack[:2] == b"\x20\x02" and connack[3] == 0, connack
+            s.sendall(connect_packet(f"memtest-{i}", not args.persistent, args.v5_expiry))
+            connack = s.recv(64)
+            assert connack[0] == 0x20 and connack[3] == 0, connack
             s.sendall(b"\xe0\x00")
-    time.sleep(2)
+    time.sleep(args.settle)
     after = rss_kib(args.pid)
     print(
-        f"{args.clients} distinct client ids (clean session {not args.persistent}) in "
+        f"{args.clients} distinct client ids (clean session {not args.persistent}, "
+        f"v5 expiry {args.v5_expiry}) in "
         f"{time.time() - start:.0f} s: RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB "
         f"(+{(after - before) / args.clients * 1024:.0f} bytes per client id)"
     )
