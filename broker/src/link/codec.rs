@@ -8,7 +8,7 @@
 use bytes::BytesMut;
 use rumqttd::protocol::v4::{self, FixedHeader, V4};
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{Error as CodecError, Packet, Protocol};
+use rumqttd::protocol::{DisconnectReasonCode, Error as CodecError, Packet, Protocol};
 use thiserror::Error;
 
 /// MQTT control packet types, from the high nibble of the first byte.
@@ -50,11 +50,56 @@ impl Version {
 
     /// Appends `packet`'s encoding to `out`.
     pub fn encode(self, packet: Packet, out: &mut BytesMut) -> Result<(), CodecError> {
+        if let (Version::V5, Packet::Disconnect(disconnect, _)) = (self, &packet) {
+            // rumqttd miscounts the length of an MQTT 5 DISCONNECT; its
+            // properties are optional, so write the reason code alone.
+            match disconnect_code(disconnect.reason_code) {
+                0 => out.extend_from_slice(&[0xe0, 0]),
+                code => out.extend_from_slice(&[0xe0, 1, code]),
+            }
+            return Ok(());
+        }
         match self {
             Version::V4 => V4.write(packet, out),
             Version::V5 => V5.write(packet, out),
         }
         .map(drop)
+    }
+}
+
+/// The MQTT 5 wire value of a DISCONNECT reason code [MQTT-3.14.2.1].
+fn disconnect_code(reason: DisconnectReasonCode) -> u8 {
+    use DisconnectReasonCode::*;
+    match reason {
+        NormalDisconnection => 0x00,
+        DisconnectWithWillMessage => 0x04,
+        UnspecifiedError => 0x80,
+        MalformedPacket => 0x81,
+        ProtocolError => 0x82,
+        ImplementationSpecificError => 0x83,
+        NotAuthorized => 0x87,
+        ServerBusy => 0x89,
+        ServerShuttingDown => 0x8B,
+        KeepAliveTimeout => 0x8D,
+        SessionTakenOver => 0x8E,
+        TopicFilterInvalid => 0x8F,
+        TopicNameInvalid => 0x90,
+        ReceiveMaximumExceeded => 0x93,
+        TopicAliasInvalid => 0x94,
+        PacketTooLarge => 0x95,
+        MessageRateTooHigh => 0x96,
+        QuotaExceeded => 0x97,
+        AdministrativeAction => 0x98,
+        PayloadFormatInvalid => 0x99,
+        RetainNotSupported => 0x9A,
+        QoSNotSupported => 0x9B,
+        UseAnotherServer => 0x9C,
+        ServerMoved => 0x9D,
+        SharedSubscriptionNotSupported => 0x9E,
+        ConnectionRateExceeded => 0x9F,
+        MaximumConnectTime => 0xA0,
+        SubscriptionIdentifiersNotSupported => 0xA1,
+        WildcardSubscriptionsNotSupported => 0xA2,
     }
 }
 
@@ -252,6 +297,18 @@ mod tests {
                 Ok(Packet::Disconnect(..))
             ));
         }
+    }
+
+    #[test]
+    fn encodes_an_mqtt5_disconnect_with_a_consistent_length() {
+        let mut out = BytesMut::new();
+        let disconnect = rumqttd::protocol::Disconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+        };
+        Version::V5
+            .encode(Packet::Disconnect(disconnect, None), &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &[0xe0, 1, 0x8e]);
     }
 
     #[test]

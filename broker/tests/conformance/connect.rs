@@ -102,3 +102,25 @@ async fn connack_announces_the_limits() {
         "the client's keep-alive stands"
     );
 }
+
+#[tokio::test]
+async fn a_second_connection_with_the_same_id_takes_the_session_over() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let mut first = Raw::connect(addr).await;
+    first.send(&raw5::connect("same-id")).await;
+    let mut connack = [0u8; 2];
+    use tokio::io::AsyncReadExt;
+    first.0.read_exact(&mut connack).await.unwrap();
+    let mut rest = vec![0u8; usize::from(connack[1])];
+    first.0.read_exact(&mut rest).await.unwrap();
+
+    let (_second, ack) = Client::connect(addr, "same-id").await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let answer = first.closed_within(WAIT).await;
+    assert_eq!(
+        answer,
+        [0xe0, 0x01, 0x8e],
+        "DISCONNECT 0x8E, session taken over"
+    );
+}
