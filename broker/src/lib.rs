@@ -133,6 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         sessions,
         wills,
         shutdown: shutdown.clone(),
+        qos0_budget: Arc::new(tokio::sync::Semaphore::new(link::QOS0_BUDGET)),
     });
 
     let accept_shutdown = shutdown.clone();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::Packet;
+use rumqttd::protocol::{Packet, Unsubscribe};
 use rumqttd::{Notification, Router, RouterConfig};
 
 /// Bytes of one segment of a subscribed filter's in-memory log.
@@ -93,6 +93,64 @@ pub struct RouterLink {
 #[derive(Debug, thiserror::Error)]
 #[error("the router dropped the link")]
 pub struct RouterGone;
+
+/// Filter of the no-op UNSUBSCRIBE that wakes the router (a NUL makes it a filter
+/// no device can subscribe to, so unsubscribing it changes nothing).
+const WAKE_FILTER: &str = "\0tributary-wake";
+
+/// Hands `packets` to the router, in order, with at most one notification. The
+/// packets go straight into the link's buffer; the router is then woken without
+/// blocking (`LinkTx` offers a non-blocking notification only through its
+/// `try_*` helpers, hence the no-op UNSUBSCRIBE). Only when the router's
+/// channel is full does this block, off the async workers, until it has room:
+/// that is the backpressure from an overloaded router.
+pub fn send_batch(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
+    send_batch_inner(tx, packets)
+}
+
+/// Packets a link may have waiting for the router before it stops and waits:
+/// the router's backpressure now that handing packets over does not block.
+pub const MAX_ROUTER_BACKLOG: usize = 128;
+
+/// Like [`send_batch`], then waits while the router has more than
+/// [`MAX_ROUTER_BACKLOG`] of this link's packets still to take.
+pub async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
+    send_batch_inner(tx, packets)?;
+    let mut pause = std::time::Duration::from_micros(200);
+    while tx.buffer().len() > MAX_ROUTER_BACKLOG {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn send_batch_inner(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
+    if packets.is_empty() {
+        return Ok(());
+    }
+    let router_has_pending = {
+        let mut buffer = tx.buffer();
+        let pending = !buffer.is_empty();
+        buffer.extend(packets);
+        pending
+    };
+    if router_has_pending {
+        // The router has not taken the buffer since the last notification; it
+        // takes these packets with it.
+        return Ok(());
+    }
+    match tx.try_unsubscribe(WAKE_FILTER) {
+        Ok(_) => Ok(()),
+        Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
+            let wake = Unsubscribe {
+                pkid: 0,
+                filters: vec![WAKE_FILTER.to_owned()],
+            };
+            send(tx, Packet::Unsubscribe(wake, None))
+        }
+        Err(_) => Err(RouterGone),
+    }
+}
 
 /// Hands `packet` to the router. `LinkTx::send` is async in name only: it does a
 /// blocking send into the router's bounded channel, so on a multi-threaded

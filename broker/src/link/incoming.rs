@@ -91,8 +91,16 @@ impl Link {
         match meta.qos {
             0 => {
                 // Nothing to acknowledge: Kafka and subscribers get it at once.
-                if let Ok(deliveries) = deliveries {
-                    self.qos0.extend(deliveries);
+                for delivery in deliveries.into_iter().flatten() {
+                    // Never wait for the budget here: a link waiting would stop
+                    // polling its own deliveries, whose permits others wait for.
+                    // Reading stops when the budget is empty, so going over it
+                    // is limited to the frames already read.
+                    let permit = self.ctx.qos0_budget.clone().try_acquire_owned().ok();
+                    self.qos0.push(Box::pin(async move {
+                        let _ = delivery.await;
+                        drop(permit);
+                    }));
                 }
                 self.relay(Packet::Publish(routed, properties))
             }

@@ -18,7 +18,9 @@ pub mod subscriptions;
 pub mod will;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +34,9 @@ use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tributary_bridge::{PendingDelivery, Producer, RouteTable};
+use tributary_bridge::{Producer, RouteTable};
 
 use crate::events;
 use crate::router::{self, EmbeddedRouter, RouterLink};
@@ -47,9 +50,13 @@ use will::{Will, Wills};
 
 /// Topic aliases a MQTT 5 client may use towards Tributary (announced in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
-/// QoS 0 records awaiting Kafka's report per connection before the link stops
-/// reading (they are not acknowledged, but they hold memory).
-const MAX_QOS0_PENDING: usize = 1024;
+/// QoS 0 records awaiting Kafka's report, across all connections, before links
+/// stop reading QoS 0 (they are not acknowledged, but they hold memory). Shared,
+/// so one busy connection can use it all and many share it.
+pub const QOS0_BUDGET: usize = 16_384;
+
+/// A QoS 0 record awaiting Kafka's report, holding its share of the budget.
+type Qos0Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Per-connection limits, from `[mqtt]`.
 #[derive(Debug, Clone)]
@@ -70,6 +77,8 @@ pub struct LinkContext {
     pub wills: Wills,
     /// Cancelled at server shutdown: links finish their in-flight work and close.
     pub shutdown: CancellationToken,
+    /// Permits for QoS 0 records awaiting Kafka ([`QOS0_BUDGET`]).
+    pub qos0_budget: Arc<Semaphore>,
 }
 
 /// A valid PUBLISH topic name: non-empty, no wildcards, no NUL [MQTT-4.7.3].
@@ -183,6 +192,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
         router_clean,
         expiry,
         disconnect_expiry: None,
+        to_router: Vec::new(),
         ctx: ctx.clone(),
     };
     link.send_connack(&connect, session_present);
@@ -272,7 +282,7 @@ struct Link {
     wbuf: BytesMut,
     router: RouterLink,
     gate: Gate<Ticket>,
-    qos0: FuturesUnordered<PendingDelivery>,
+    qos0: FuturesUnordered<Qos0Delivery>,
     /// QoS 2 packet ids received and not yet released by PUBREL.
     awaiting_pubrel: HashSet<u16>,
     /// QoS 1 publishes waiting in the gate.
@@ -296,6 +306,8 @@ struct Link {
     expiry: Expiry,
     /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
     disconnect_expiry: Option<u32>,
+    /// Packets for the router, handed over in one batch per loop turn.
+    to_router: Vec<Packet>,
 }
 
 impl Link {
@@ -325,7 +337,7 @@ impl Link {
     /// full. Either way the QoS 0 backlog must have room.
     fn window_open(&self) -> bool {
         let window = usize::from(self.ctx.config.receive_maximum);
-        self.qos0.len() < MAX_QOS0_PENDING
+        self.ctx.qos0_budget.available_permits() > 0
             && (self.version == Version::V5
                 || (self.gate.len() < window && self.awaiting_pubrel.len() < window))
     }
@@ -333,8 +345,12 @@ impl Link {
     async fn run(&mut self, registration: &Registration) -> End {
         let mut last_read = Instant::now();
         let mut draining = false;
+        let budget = self.ctx.qos0_budget.clone();
         loop {
             if let Err(end) = self.handle_buffered_frames().await {
+                return end;
+            }
+            if let Err(end) = self.flush_router().await {
                 return end;
             }
             if self.flush().await.is_err() {
@@ -354,6 +370,8 @@ impl Link {
                     }
                 }
                 Some(_) = self.qos0.next(), if !self.qos0.is_empty() => {}
+                // The shared QoS 0 budget ran out: wake when any link frees some.
+                _ = budget.acquire(), if budget.available_permits() == 0 => {}
                 read = self.reader.read_buf(&mut self.rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return End::ConnectionLost,
                     Ok(_) => last_read = Instant::now(),
@@ -487,8 +505,22 @@ impl Link {
         Ok(())
     }
 
+    /// Queues `packet` for the router; it goes with the next batch.
     fn relay(&mut self, packet: Packet) -> Result<(), End> {
-        router::send(&mut self.router.tx, packet).map_err(|_| End::RouterGone)
+        self.to_router.push(packet);
+        Ok(())
+    }
+
+    /// Hands the router everything relayed since the last batch, in order, and
+    /// waits while the router is far behind on this link's packets.
+    async fn flush_router(&mut self) -> Result<(), End> {
+        if self.to_router.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.to_router);
+        router::send_batch_paced(&mut self.router.tx, batch)
+            .await
+            .map_err(|_| End::RouterGone)
     }
 
     /// Encodes `packet` for the device; written out at the next flush.
@@ -516,13 +548,15 @@ impl Link {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
         let _ = self.writer.shutdown().await;
         if end != End::RouterGone {
+            // What the device sent before leaving still reaches the router.
+            let _ = self.flush_router().await;
             let leave = Packet::Disconnect(
                 Disconnect {
                     reason_code: DisconnectReasonCode::NormalDisconnection,
                 },
                 None,
             );
-            let _ = router::send(&mut self.router.tx, leave);
+            let _ = router::send_batch(&mut self.router.tx, vec![leave]);
         }
         if end.fires_will() {
             if let Some(will) = self.will.take() {

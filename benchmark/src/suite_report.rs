@@ -1,0 +1,360 @@
+//! The suite's report: a Markdown table with every figure, its ratio to
+//! `direct` and to Mosquitto from the same run, the targets, and SVG charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::report::RunResult;
+use crate::suite::{Scenario, Usage};
+use crate::verify::Verdict;
+
+/// What a row measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Tributary, topic routed to Kafka.
+    Routed,
+    /// Tributary, topic not routed (broker only).
+    Unrouted,
+    /// Mosquitto, broker only.
+    Mosquitto,
+    /// Straight to Kafka with rdkafka (acks=all): the ceiling.
+    Direct,
+}
+
+impl Target {
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Routed => "routed",
+            Target::Unrouted => "unrouted",
+            Target::Mosquitto => "mosquitto",
+            Target::Direct => "direct",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Target::Routed => "r",
+            Target::Unrouted => "u",
+            Target::Mosquitto => "m",
+            Target::Direct => "d",
+        }
+    }
+
+    fn color(self) -> RGBColor {
+        match self {
+            Target::Routed => RGBColor(31, 119, 180),
+            Target::Unrouted => RGBColor(44, 160, 44),
+            Target::Mosquitto => RGBColor(214, 39, 40),
+            Target::Direct => RGBColor(127, 127, 127),
+        }
+    }
+}
+
+/// One measured scenario.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub target: Target,
+    pub scenario: Scenario,
+    pub result: RunResult,
+    pub usage: Option<Usage>,
+    pub verdict: Option<Verdict>,
+}
+
+fn find(rows: &[Row], target: Target, scenario: Scenario) -> Option<&Row> {
+    rows.iter().find(|r| {
+        r.target == target
+            && r.scenario.payload == scenario.payload
+            && r.scenario.connections == scenario.connections
+            && (target == Target::Direct || r.scenario.qos == scenario.qos)
+    })
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.2}", micros as f64 / 1000.0)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "—".into()
+    }
+}
+
+/// The whole Markdown report.
+pub fn markdown(rows: &[Row], name: &str, seconds: f64, machine: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Tributary benchmark: {name}\n");
+    let _ = writeln!(
+        out,
+        "Machine: {machine}. Local single-node Apache Kafka (scripts/kafka-local), \
+         Tributary release build with default producer settings (acks=all, idempotence, \
+         linger.ms=5), Mosquitto from Debian; load generator on the same machine. \
+         Each scenario ran {seconds} s with 64 messages in flight per connection.\n"
+    );
+    let _ = writeln!(
+        out,
+        "Reproduce: `cargo build --release && target/release/tributary-bench suite{} --name {name}`\n",
+        if seconds < 5.0 { " --quick" } else { "" }
+    );
+    targets(&mut out, rows);
+    let _ = writeln!(
+        out,
+        "\n## All scenarios\n\nLatency in ms (publish → PUBACK/PUBCOMP; for `direct`, send → \
+         delivery report; QoS 0 has none). CPU is the server's user+system time over wall \
+         time. Ratios compare msg/s with `direct` (same payload and connections) and with \
+         Mosquitto (same QoS, payload, connections).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | QoS | payload | conns | msg/s | MB/s | p50 | p90 | p99 | p99.9 | max | CPU | peak RSS | vs direct | vs Mosquitto | Kafka check |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for row in rows {
+        let s = row.scenario;
+        let r = &row.result;
+        let latency = r.latency_us.map_or(
+            [
+                "—".to_owned(),
+                "—".into(),
+                "—".into(),
+                "—".into(),
+                "—".into(),
+            ],
+            |p| [ms(p.p50), ms(p.p90), ms(p.p99), ms(p.p999), ms(p.max)],
+        );
+        let (cpu, rss) = row.usage.map_or(("—".into(), "—".into()), |u| {
+            (
+                format!("{:.0} %", 100.0 * u.cpu_secs / u.wall_secs.max(1e-9)),
+                format!("{:.1} MB", u.peak_rss_mb),
+            )
+        });
+        let tributary = matches!(row.target, Target::Routed | Target::Unrouted);
+        let vs_direct = find(rows, Target::Direct, s)
+            .filter(|_| tributary)
+            .map_or("—".into(), |d| {
+                ratio(r.msgs_per_sec, d.result.msgs_per_sec)
+            });
+        let vs_mosquitto = find(rows, Target::Mosquitto, s)
+            .filter(|_| tributary)
+            .map_or("—".into(), |m| {
+                ratio(r.msgs_per_sec, m.result.msgs_per_sec)
+            });
+        let check = row.verdict.as_ref().map_or("—".into(), |v| {
+            format!("{} missing, {} dup", v.missing, v.duplicates)
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} B | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.target.label(),
+            if row.target == Target::Direct { "acks=all".to_owned() } else { s.qos.to_string() },
+            s.payload,
+            s.connections,
+            r.msgs_per_sec,
+            r.mb_per_sec,
+            latency[0],
+            latency[1],
+            latency[2],
+            latency[3],
+            latency[4],
+            cpu,
+            rss,
+            vs_direct,
+            vs_mosquitto,
+            check
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n![throughput]({name}-throughput.svg)\n\n![latency]({name}-latency.svg)"
+    );
+    out
+}
+
+/// The targets the team set, checked against this run.
+fn targets(out: &mut String, rows: &[Row]) {
+    let _ = writeln!(out, "## Targets\n");
+    let _ = writeln!(
+        out,
+        "| target | scenario | measured | met |\n|---|---|---|---|"
+    );
+    for connections in [16, 256] {
+        let s = Scenario {
+            qos: 1,
+            payload: 64,
+            connections,
+        };
+        if let (Some(routed), Some(direct)) =
+            (find(rows, Target::Routed, s), find(rows, Target::Direct, s))
+        {
+            let share = routed.result.msgs_per_sec / direct.result.msgs_per_sec.max(1e-9);
+            let _ = writeln!(
+                out,
+                "| ≥ 70 % of direct throughput | QoS 1, routed, 64 B, {connections} conns | {:.0} % ({:.0} vs {:.0} msg/s) | {} |",
+                share * 100.0,
+                routed.result.msgs_per_sec,
+                direct.result.msgs_per_sec,
+                yes(share >= 0.7)
+            );
+            if let (Some(a), Some(b)) = (routed.result.latency_us, direct.result.latency_us) {
+                let delta = (a.p99 as f64 - b.p99 as f64) / 1000.0;
+                let _ = writeln!(
+                    out,
+                    "| p99 within 2 ms of direct | QoS 1, routed, 64 B, {connections} conns | {} vs {} ms ({delta:+.2} ms) | {} |",
+                    ms(a.p99),
+                    ms(b.p99),
+                    yes(delta <= 2.0)
+                );
+            }
+        }
+    }
+    for payload in crate::suite::PAYLOADS {
+        for connections in crate::suite::CONNECTIONS {
+            let s = Scenario {
+                qos: 1,
+                payload,
+                connections,
+            };
+            if let (Some(ours), Some(theirs)) = (
+                find(rows, Target::Unrouted, s),
+                find(rows, Target::Mosquitto, s),
+            ) {
+                let times = ours.result.msgs_per_sec / theirs.result.msgs_per_sec.max(1e-9);
+                let _ = writeln!(
+                    out,
+                    "| ≥ 2× Mosquitto, broker only | QoS 1, {payload} B, {connections} conns | {times:.2}× ({:.0} vs {:.0} msg/s) | {} |",
+                    ours.result.msgs_per_sec,
+                    theirs.result.msgs_per_sec,
+                    yes(times >= 2.0)
+                );
+            }
+        }
+    }
+    let peak = rows
+        .iter()
+        .filter(|r| matches!(r.target, Target::Routed | Target::Unrouted))
+        .filter_map(|r| r.usage.map(|u| u.peak_rss_mb))
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        out,
+        "| RSS < 100 MB | every Tributary scenario | peak {peak:.1} MB | {} |",
+        yes(peak < 100.0)
+    );
+}
+
+fn yes(met: bool) -> &'static str {
+    if met {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+/// Writes `<name>-throughput.svg` and `<name>-latency.svg`.
+pub fn charts(rows: &[Row], dir: &Path, name: &str) -> anyhow::Result<()> {
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} q{} {}B {}c",
+                r.target.short(),
+                r.scenario.qos,
+                r.scenario.payload,
+                r.scenario.connections
+            )
+        })
+        .collect();
+    let throughput: Vec<(f64, Target)> = rows
+        .iter()
+        .map(|r| (r.result.msgs_per_sec, r.target))
+        .collect();
+    bars(
+        &dir.join(format!("{name}-throughput.svg")),
+        "Throughput (msg/s)",
+        &labels,
+        &[("msg/s", throughput)],
+    )?;
+    let with_latency: Vec<(usize, &Row)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.result.latency_us.is_some())
+        .collect();
+    let latency_labels: Vec<String> = with_latency
+        .iter()
+        .map(|(i, _)| labels[*i].clone())
+        .collect();
+    let p = |pick: fn(&crate::report::Percentiles) -> u64| -> Vec<(f64, Target)> {
+        with_latency
+            .iter()
+            .map(|(_, r)| {
+                (
+                    r.result.latency_us.as_ref().map_or(0, pick) as f64 / 1000.0,
+                    r.target,
+                )
+            })
+            .collect()
+    };
+    bars(
+        &dir.join(format!("{name}-latency.svg")),
+        "Latency p50 / p99 (ms)",
+        &latency_labels,
+        &[("p50", p(|l| l.p50)), ("p99", p(|l| l.p99))],
+    )?;
+    Ok(())
+}
+
+/// A grouped bar chart: one group per label, one bar per series, coloured by
+/// target (later series lighter).
+fn bars(
+    path: &Path,
+    title: &str,
+    labels: &[String],
+    series: &[(&str, Vec<(f64, Target)>)],
+) -> anyhow::Result<()> {
+    let max = series
+        .iter()
+        .flat_map(|(_, values)| values.iter().map(|(v, _)| *v))
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    let width = (labels.len() as u32 * 24).max(600) + 120;
+    let root = SVGBackend::new(path, (width, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(110)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..labels.len() as f64, 0f64..max * 1.1)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(labels.len())
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            labels.get(i).cloned().unwrap_or_default()
+        })
+        .x_label_style(
+            ("sans-serif", 11)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
+        .draw()?;
+    let n = series.len() as f64;
+    for (k, (_, values)) in series.iter().enumerate() {
+        chart.draw_series(values.iter().enumerate().map(|(i, (value, target))| {
+            let x0 = i as f64 + 0.1 + 0.8 * k as f64 / n;
+            let x1 = x0 + 0.8 / n;
+            let base = target.color();
+            let shade = |c: u8| c.saturating_add((k as u8).saturating_mul(70));
+            let color = RGBColor(shade(base.0), shade(base.1), shade(base.2));
+            Rectangle::new([(x0, 0.0), (x1, *value)], color.filled())
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}
