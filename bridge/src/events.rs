@@ -16,6 +16,8 @@ pub const KAFKA_DELIVERY_FAILURES_TOTAL: &str = "tributary_kafka_delivery_failur
 pub const KAFKA_DELIVERY_SECONDS: &str = "tributary_kafka_delivery_seconds";
 /// Client-level errors librdkafka reported (broker down, auth…), by `reason`.
 pub const KAFKA_CLIENT_ERRORS_TOTAL: &str = "tributary_kafka_client_errors_total";
+/// Records queued or in flight in the producer, not yet reported on.
+pub const KAFKA_QUEUED_RECORDS: &str = "tributary_kafka_queued_records";
 /// 1 while the last metadata fetch succeeded, else 0.
 pub const KAFKA_UP: &str = "tributary_kafka_up";
 
@@ -116,5 +118,16 @@ impl MetadataProbed<'_> {
             _ => {}
         }
         metrics::gauge!(KAFKA_UP).set(if self.result.is_ok() { 1.0 } else { 0.0 });
+    }
+}
+
+/// How many records the producer holds (sampled with each metadata probe).
+pub struct ProducerQueue {
+    pub records: i32,
+}
+
+impl ProducerQueue {
+    pub fn emit(self) {
+        metrics::gauge!(KAFKA_QUEUED_RECORDS).set(f64::from(self.records));
     }
 }

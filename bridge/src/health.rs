@@ -46,6 +46,10 @@ pub fn spawn_metadata_probe(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            events::ProducerQueue {
+                records: producer.in_flight(),
+            }
+            .emit();
             let result = producer.fetch_metadata(interval).await;
             if result.is_ok() {
                 probe.mark_ok();

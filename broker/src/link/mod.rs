@@ -55,6 +55,9 @@ pub const TOPIC_ALIAS_MAX: u16 = 64;
 /// so one busy connection can use it all and many share it.
 pub const QOS0_BUDGET: usize = 16_384;
 
+/// How often a link whose reading stopped on the QoS 0 budget looks again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(2);
+
 /// A QoS 0 record awaiting Kafka's report, holding its share of the budget.
 type Qos0Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -359,7 +362,14 @@ impl Link {
             if draining && self.gate.is_empty() {
                 return End::Shutdown;
             }
-            let can_read = !draining && self.window_open();
+            let budget_exhausted = budget.available_permits() == 0;
+            let can_read = !draining && !budget_exhausted && self.window_open();
+            if !can_read || !self.rbuf.is_empty() {
+                // Keep-alive measures the client's silence [MQTT-3.1.2-24]; while
+                // the link is not reading (window full, Kafka slow, frames still
+                // buffered), silence is not the client's.
+                last_read = Instant::now();
+            }
             let keep_alive_deadline = self.keep_alive.map(|k| last_read + k);
             tokio::select! {
                 () = registration.kicked.cancelled() => return End::TakenOver,
@@ -370,8 +380,12 @@ impl Link {
                     }
                 }
                 Some(_) = self.qos0.next(), if !self.qos0.is_empty() => {}
-                // The shared QoS 0 budget ran out: wake when any link frees some.
-                _ = budget.acquire(), if budget.available_permits() == 0 => {}
+                // Reading stopped on the shared QoS 0 budget: look again shortly.
+                // (The guard must be the very value `can_read` was computed
+                // from, or a budget freed in between leaves nothing to wake us;
+                // waiting on the semaphore itself would hand freed permits to
+                // waiters one by one and starve readers.)
+                () = tokio::time::sleep(BUDGET_RECHECK), if budget_exhausted => {}
                 read = self.reader.read_buf(&mut self.rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return End::ConnectionLost,
                     Ok(_) => last_read = Instant::now(),
