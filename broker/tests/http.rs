@@ -5,30 +5,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tributary::config::Config;
 use tributary_bridge::testing::require_kafka;
-
-fn config(bootstrap: &str) -> Config {
-    let mut config = Config::from_toml(
-        r#"
-        [mqtt]
-        listen = "127.0.0.1:0"
-        [http]
-        listen = "127.0.0.1:0"
-        [kafka]
-        metadata_probe_interval_ms = 200
-        metadata_max_age_ms = 1000
-        "#,
-    )
-    .unwrap();
-    config.kafka.bootstrap_servers = bootstrap.into();
-    config
-}
 
 #[tokio::test]
 async fn ready_with_kafka_and_metrics_in_prometheus_format() {
     let bootstrap = require_kafka();
-    let server = tributary::start(config(&bootstrap)).await.unwrap();
+    let server = common::start(&bootstrap, &[], |_| {}).await;
     let http = server.http_addr();
 
     assert_eq!(
@@ -72,7 +54,7 @@ async fn ready_with_kafka_and_metrics_in_prometheus_format() {
 #[tokio::test]
 async fn not_ready_while_kafka_is_unreachable() {
     // Nothing listens on port 1 of loopback.
-    let server = tributary::start(config("127.0.0.1:1")).await.unwrap();
+    let server = common::start("127.0.0.1:1", &[], |_| {}).await;
     let (status, body) = common::http_get(server.http_addr(), "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("Kafka metadata"), "{body}");

@@ -2,53 +2,29 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::Message;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tributary_bridge::testing::{consume, header, require_kafka, unique_topic};
 
-/// Starts `mosquitto_sub` and returns once its SUBACK arrived, with a task
-/// collecting the rest of its output.
+/// `mosquitto_sub` on `filter` in protocol `version`, exiting after `count`
+/// messages.
 async fn subscriber(
     port: u16,
     version: &str,
     filter: &str,
     count: usize,
 ) -> (Child, JoinHandle<Vec<String>>) {
-    // Line-buffered, so its debug lines arrive as they happen.
-    let mut child = Command::new("stdbuf")
-        .args(["-oL", "mosquitto_sub"])
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
-        .args(["-t", filter, "-q", "2", "-v", "-d", "-W", "30"])
-        .args(["-C", &count.to_string()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let suback = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("SUBACK") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(suback, Ok(true), "mosquitto_sub got no SUBACK");
-    let rest = tokio::spawn(async move {
-        let mut rest = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            rest.push(line);
-        }
-        rest
-    });
-    (child, rest)
+    let count = count.to_string();
+    common::mosquitto_sub(
+        port,
+        &[
+            "-V", version, "-t", filter, "-q", "2", "-v", "-W", "30", "-C", &count,
+        ],
+    )
+    .await
 }
 
 async fn publish(port: u16, version: &str, qos: &str, topic: &str, message: &str) {

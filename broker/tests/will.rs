@@ -3,50 +3,31 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tributary_bridge::testing::{consume, header, require_kafka, unique_topic};
 
 /// A `mosquitto_sub` process holding a will, connected (its SUBACK seen).
 async fn client_with_will(port: u16, client_id: &str, will_topic: &str) -> Child {
-    let mut child = Command::new("stdbuf")
-        .args([
-            "-oL",
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args(["-i", client_id, "-t", "nothing/here", "-d"])
-        .args([
+    let (child, _output) = common::mosquitto_sub(
+        port,
+        &[
+            "-i",
+            client_id,
+            "-t",
+            "nothing/here",
             "--will-topic",
             will_topic,
             "--will-payload",
             "offline",
             "--will-qos",
             "1",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mosquitto_sub is installed");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let suback = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("SUBACK") {
-                return true;
-            }
-        }
-        false
-    })
+        ],
+    )
     .await;
-    assert_eq!(suback, Ok(true), "the will holder did not connect");
     child
 }
 

@@ -211,3 +211,48 @@ impl Drop for OwnKafka {
             .output();
     }
 }
+
+/// A `mosquitto_sub` process (Debian mosquitto-clients) against `port`, started
+/// with `args` and returned once its SUBACK arrived, with a task collecting
+/// the rest of its output lines.
+pub async fn mosquitto_sub(
+    port: u16,
+    args: &[&str],
+) -> (tokio::process::Child, tokio::task::JoinHandle<Vec<String>>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    // Line-buffered (stdbuf), so its debug lines arrive as they happen.
+    let mut child = tokio::process::Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-d",
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let suback = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("SUBACK") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(suback, Ok(true), "mosquitto_sub got no SUBACK");
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
+    (child, rest)
+}
