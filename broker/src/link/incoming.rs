@@ -58,11 +58,14 @@ impl Link {
         };
         events::PublishReceived { qos: meta.qos }.emit();
         let repeat = meta.qos == 2 && self.awaiting_pubrel.contains(&meta.pkid);
-        if meta.qos > 0
+        if self.version == Version::V5
+            && meta.qos > 0
             && !repeat
             && self.incoming_in_flight() >= usize::from(self.ctx.config.receive_maximum)
         {
             // [MQTT-3.3.4-9]: more unacknowledged publishes than announced.
+            // (MQTT 3.1.1 has no Receive Maximum; those clients are slowed
+            // down by the window instead.)
             return Err(End::Protocol(
                 DisconnectReasonCode::ReceiveMaximumExceeded,
                 "receive_maximum_exceeded",

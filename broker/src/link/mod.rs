@@ -339,10 +339,11 @@ impl Link {
     /// MQTT 3.1.1 clients are slowed down by not reading once the window is
     /// full. Either way the QoS 0 backlog must have room.
     fn window_open(&self) -> bool {
+        // QoS 2 publishes awaiting PUBREL do not count here: their PUBRELs are
+        // among what must still be read.
         let window = usize::from(self.ctx.config.receive_maximum);
         self.ctx.qos0_budget.available_permits() > 0
-            && (self.version == Version::V5
-                || (self.gate.len() < window && self.awaiting_pubrel.len() < window))
+            && (self.version == Version::V5 || self.gate.len() < window)
     }
 
     async fn run(&mut self, registration: &Registration) -> End {

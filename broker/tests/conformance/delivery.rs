@@ -107,3 +107,29 @@ async fn overlapping_subscriptions_deliver_at_the_highest_granted_qos() {
         "every matching subscription identifier: {copies:?}"
     );
 }
+
+#[tokio::test]
+async fn a_311_client_with_more_qos2_in_flight_than_the_window_completes() {
+    let server = crate::broker_with(|c| c.mqtt.receive_maximum = 4).await;
+    let mut options = crate::common::v4_options(server.mqtt_addr(), "qos2-window");
+    options.set_inflight(32);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
+    for n in 0..32u8 {
+        client
+            .publish("window/x", rumqttc::QoS::ExactlyOnce, false, vec![n])
+            .await
+            .unwrap();
+    }
+    let mut completed = 0;
+    let all = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while completed < 32 {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_)) =
+                events.poll().await.unwrap()
+            {
+                completed += 1;
+            }
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "only {completed} of 32 QoS 2 flows completed");
+}
