@@ -21,18 +21,39 @@ pub const KAFKA_QUEUED_RECORDS: &str = "tributary_kafka_queued_records";
 /// 1 while the last metadata fetch succeeded, else 0.
 pub const KAFKA_UP: &str = "tributary_kafka_up";
 
+/// One route's delivery metrics, registered once: the hot path only bumps
+/// handles (no label formatting or registry lookup per record).
+#[derive(Clone)]
+pub struct RouteMetrics {
+    delivered: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl RouteMetrics {
+    pub fn register(route: &str) -> RouteMetrics {
+        RouteMetrics {
+            delivered: metrics::counter!(KAFKA_DELIVERED_TOTAL, "route" => route.to_owned()),
+            latency: metrics::histogram!(KAFKA_DELIVERY_SECONDS, "route" => route.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
 /// Kafka confirmed one record.
 pub struct Delivered<'a> {
-    pub route: &'a str,
+    pub metrics: &'a RouteMetrics,
     pub latency: Duration,
 }
 
 impl Delivered<'_> {
     pub fn emit(self) {
-        let route = self.route.to_owned();
-        metrics::counter!(KAFKA_DELIVERED_TOTAL, "route" => route.clone()).increment(1);
-        metrics::histogram!(KAFKA_DELIVERY_SECONDS, "route" => route)
-            .record(self.latency.as_secs_f64());
+        self.metrics.delivered.increment(1);
+        self.metrics.latency.record(self.latency.as_secs_f64());
     }
 }
 

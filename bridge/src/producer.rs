@@ -145,6 +145,7 @@ impl Producer {
                     return Ok(PendingDelivery {
                         delivery,
                         route: record.route,
+                        metrics: record.metrics,
                         started,
                     });
                 }
@@ -215,6 +216,7 @@ impl Producer {
 pub struct PendingDelivery {
     delivery: DeliveryFuture,
     route: std::sync::Arc<str>,
+    metrics: crate::events::RouteMetrics,
     started: Instant,
 }
 
@@ -238,7 +240,7 @@ impl Future for PendingDelivery {
         };
         match &result {
             Ok(_) => events::Delivered {
-                route: &self.route,
+                metrics: &self.metrics,
                 latency: self.started.elapsed(),
             }
             .emit(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rdkafka::message::{Header, OwnedHeaders};
 
+use crate::events::RouteMetrics;
 use crate::route::{KeySource, Route};
 
 /// Header carrying the MQTT topic name the device published to.
@@ -35,6 +36,7 @@ pub struct MqttPublish {
 pub struct Record {
     /// The route it was built for (its name labels the delivery metrics).
     pub route: Arc<str>,
+    pub metrics: RouteMetrics,
     pub topic: Arc<str>,
     pub key: Option<Bytes>,
     pub payload: Bytes,
@@ -70,6 +72,7 @@ impl Record {
             });
         Record {
             route: route.name.clone(),
+            metrics: route.metrics.clone(),
             topic: route.kafka_topic.clone(),
             key,
             payload: publish.payload.clone(),
@@ -95,11 +98,7 @@ mod tests {
     }
 
     fn route(key: KeySource) -> Route {
-        Route {
-            name: "telemetry".into(),
-            kafka_topic: "sensors".into(),
-            key,
-        }
+        Route::new("telemetry", "sensors", key)
     }
 
     fn header<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {

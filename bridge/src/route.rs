@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::events::RouteMetrics;
 use crate::problems::Problems;
 
 /// Longest MQTT topic filter or name, in bytes ([MQTT-1.5.3], a UTF-8 string's
@@ -50,11 +51,23 @@ pub enum KeySource {
 }
 
 /// A compiled route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub name: Arc<str>,
     pub kafka_topic: Arc<str>,
     pub key: KeySource,
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    pub fn new(name: &str, kafka_topic: &str, key: KeySource) -> Route {
+        Route {
+            name: name.into(),
+            kafka_topic: kafka_topic.into(),
+            key,
+            metrics: RouteMetrics::register(name),
+        }
+    }
 }
 
 /// Checks one MQTT topic filter's syntax ([MQTT-4.7.1]); `None` when valid.
@@ -176,11 +189,9 @@ impl RouteTable {
 
         let mut table = RouteTable::default();
         for (id, config) in configs.iter().enumerate() {
-            table.routes.push(Route {
-                name: config.name.as_str().into(),
-                kafka_topic: config.kafka_topic.as_str().into(),
-                key: config.key,
-            });
+            table
+                .routes
+                .push(Route::new(&config.name, &config.kafka_topic, config.key));
             for filter in &config.mqtt_filters {
                 table.insert(filter, id);
             }

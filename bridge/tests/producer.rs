@@ -123,11 +123,7 @@ async fn an_oversized_record_is_reported_as_a_typed_error_not_a_success() {
         ..KafkaConfig::default()
     })
     .unwrap();
-    let route = tributary_bridge::Route {
-        name: "big".into(),
-        kafka_topic: topic.as_str().into(),
-        key: KeySource::None,
-    };
+    let route = tributary_bridge::Route::new("big", topic.as_str(), KeySource::None);
     let publish = MqttPublish {
         topic: "a/b".into(),
         client_id: "c".into(),
@@ -150,11 +146,7 @@ async fn an_unreachable_kafka_times_out_instead_of_succeeding() {
         ..KafkaConfig::default()
     })
     .unwrap();
-    let route = tributary_bridge::Route {
-        name: "nowhere".into(),
-        kafka_topic: "nowhere".into(),
-        key: KeySource::Topic,
-    };
+    let route = tributary_bridge::Route::new("nowhere", "nowhere", KeySource::Topic);
     let publish = MqttPublish {
         topic: "a".into(),
         client_id: "c".into(),

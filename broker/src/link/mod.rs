@@ -579,8 +579,9 @@ impl Link {
             }
         }
         let mut session_kept = !self.router_clean;
+        // On takeover the new connection decides the session's fate, and finds
+        // the subscription options saved below.
         if session_kept && end != End::TakenOver {
-            // On takeover the new connection decides the session's fate.
             let expiry = self
                 .disconnect_expiry
                 .map_or(self.expiry, Expiry::from_interval);
