@@ -355,19 +355,10 @@ pub async fn main(args: DirectArgs) -> anyhow::Result<ExitCode> {
         "direct: run {} to {} ({} streams, {} in flight each)",
         manifest.run_id, args.topic, args.connections, args.inflight
     );
-    println!("{}", result.summary());
-    if let Some(path) = &args.json_out {
-        let json = serde_json::to_vec_pretty(&result)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.manifest_out {
-        manifest
-            .write(path)
-            .with_context(|| format!("writing manifest {}", path.display()))?;
-    }
-    Ok(if result.failures > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    report::finish(
+        &result,
+        &manifest,
+        args.json_out.as_ref(),
+        args.manifest_out.as_ref(),
+    )
 }

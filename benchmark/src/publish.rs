@@ -75,19 +75,12 @@ pub struct PublishArgs {
 
 pub async fn main(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let (result, manifest) = run(&args).await?;
-    println!("{}", result.summary());
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_vec_pretty(&result)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.manifest_out {
-        manifest.write(path)?;
-    }
-    Ok(if result.failures > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    report::finish(
+        &result,
+        &manifest,
+        args.json_out.as_ref(),
+        args.manifest_out.as_ref(),
+    )
 }
 
 /// Runs the load; returns the figures and the manifest.
@@ -154,6 +147,26 @@ fn clock_run_id() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// When a connection stops publishing, and how fast it may go.
+struct Pace {
+    /// End of a `--duration-secs` run.
+    deadline: Option<Instant>,
+    /// This connection's share of `--rate`.
+    per_connection_rate: Option<f64>,
+}
+
+impl Pace {
+    /// Starts the clock for one connection.
+    fn start(args: &PublishArgs) -> Pace {
+        Pace {
+            deadline: args
+                .duration_secs
+                .map(|secs| Instant::now() + Duration::from_secs_f64(secs)),
+            per_connection_rate: args.rate.map(|rate| rate / f64::from(args.connections)),
+        }
+    }
 }
 
 /// What one connection did.
@@ -363,10 +376,10 @@ async fn run_connection(
         .map_err(|_| anyhow::anyhow!("{client_id}: no CONNACK within 30 s"))?
         .with_context(|| format!("{client_id}: connecting"))?;
 
-    let deadline = args
-        .duration_secs
-        .map(|secs| Instant::now() + Duration::from_secs_f64(secs));
-    let per_connection_rate = args.rate.map(|rate| rate / f64::from(args.connections));
+    let Pace {
+        deadline,
+        per_connection_rate,
+    } = Pace::start(args);
     let mut tracker = Tracker {
         qos: args.qos,
         queued: VecDeque::new(),

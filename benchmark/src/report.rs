@@ -1,6 +1,10 @@
 //! One run's figures: throughput, latency percentiles, failures.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -101,4 +105,29 @@ impl RunResult {
         }
         out
     }
+}
+
+/// Prints a load run's summary, writes its result and manifest where asked, and
+/// turns failures into the exit status (shared by `publish` and `direct`).
+pub fn finish(
+    result: &RunResult,
+    manifest: &crate::manifest::Manifest,
+    json_out: Option<&PathBuf>,
+    manifest_out: Option<&PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    println!("{}", result.summary());
+    if let Some(path) = json_out {
+        std::fs::write(path, serde_json::to_vec_pretty(result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = manifest_out {
+        manifest
+            .write(path)
+            .with_context(|| format!("writing manifest {}", path.display()))?;
+    }
+    Ok(if result.failures > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

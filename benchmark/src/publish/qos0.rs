@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
-use super::{Outcome, PublishArgs};
+use super::{Outcome, Pace, PublishArgs};
 use crate::manifest::ConnectionAccount;
 use crate::payload::Stamp;
 use crate::progress::Progress;
@@ -139,10 +139,10 @@ pub(super) async fn run(
         .map_err(|_| anyhow::anyhow!("{client_id}: no CONNACK within 30 s"))?
         .with_context(|| format!("{client_id}: connecting"))?;
 
-    let deadline = args
-        .duration_secs
-        .map(|secs| Instant::now() + Duration::from_secs_f64(secs));
-    let per_connection_rate = args.rate.map(|rate| rate / f64::from(args.connections));
+    let Pace {
+        deadline,
+        per_connection_rate,
+    } = Pace::start(args);
     let started = Instant::now();
     let mut sent = 0u64;
     let mut out = BytesMut::new();
