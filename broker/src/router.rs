@@ -112,6 +112,9 @@ pub fn send_batch(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGon
 /// the router's backpressure now that handing packets over does not block.
 pub const MAX_ROUTER_BACKLOG: usize = 128;
 
+/// How long a link's backlog may stand still before the router is woken again.
+const REWAKE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Longest a link waits for the router to take its backlog.
 const MAX_ROUTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -121,24 +124,32 @@ pub async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(
     send_batch_inner(tx, packets)?;
     let mut pause = std::time::Duration::from_micros(200);
     let waiting_since = std::time::Instant::now();
-    while tx.buffer().len() > MAX_ROUTER_BACKLOG {
+    let mut last_progress = waiting_since;
+    let mut backlog = tx.buffer().len();
+    while backlog > MAX_ROUTER_BACKLOG {
         if waiting_since.elapsed() > MAX_ROUTER_WAIT {
             // The router stopped taking this link's packets (it dropped the
             // link); the link's own notification channel tells it so.
-            tracing::warn!(
-                backlog = tx.buffer().len(),
-                "the router is not taking this link's packets"
-            );
+            tracing::warn!(backlog, "the router is not taking this link's packets");
             return Ok(());
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(10));
-        // Wake the router again rather than trust that one notification is
-        // still pending for this buffer; a spare wake-up costs it nothing.
-        match tx.try_unsubscribe(WAKE_FILTER) {
-            Ok(_) | Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {}
-            Err(_) => return Err(RouterGone),
+        let now = tx.buffer().len();
+        if now < backlog {
+            last_progress = std::time::Instant::now();
+        } else if last_progress.elapsed() > REWAKE_AFTER {
+            // No progress for a while: wake the router again rather than trust
+            // that a notification is still pending for this buffer. (Not on
+            // every turn: spare wake-ups that outlive the link are logged by
+            // the router as errors.)
+            match tx.try_unsubscribe(WAKE_FILTER) {
+                Ok(_) | Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {}
+                Err(_) => return Err(RouterGone),
+            }
+            last_progress = std::time::Instant::now();
         }
+        backlog = now;
     }
     Ok(())
 }
