@@ -23,6 +23,8 @@ use crate::report::{self, RunResult};
 
 mod qos0;
 
+/// How long a connection may take to get its CONNACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long, after the last publish, the run waits for outstanding acks.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -147,6 +149,21 @@ fn clock_run_id() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// Runs `connect` (up to its CONNACK), then waits at `start` for every other
+/// connection, so the clock starts for all at once; a failure is reported only
+/// after the barrier, which must be reached either way.
+async fn connect_before_start<T>(
+    client_id: &str,
+    start: Arc<Barrier>,
+    connect: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect).await;
+    start.wait().await;
+    connected
+        .map_err(|_| anyhow::anyhow!("{client_id}: no CONNACK within {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("{client_id}: connecting"))
 }
 
 /// When a connection stops publishing, and how fast it may go.
@@ -350,8 +367,7 @@ async fn run_connection(
         .await;
     }
     let (client, mut events) = open(args, &client_id);
-    // Connect before the clock starts.
-    let connected = tokio::time::timeout(Duration::from_secs(30), async {
+    connect_before_start(&client_id, start, async {
         loop {
             match &mut events {
                 Events::V4(e) => {
@@ -370,11 +386,7 @@ async fn run_connection(
             }
         }
     })
-    .await;
-    start.wait().await;
-    connected
-        .map_err(|_| anyhow::anyhow!("{client_id}: no CONNACK within 30 s"))?
-        .with_context(|| format!("{client_id}: connecting"))?;
+    .await?;
 
     let Pace {
         deadline,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
-use super::{Outcome, Pace, PublishArgs};
+use super::{connect_before_start, Outcome, Pace, PublishArgs};
 use crate::manifest::ConnectionAccount;
 use crate::payload::Stamp;
 use crate::progress::Progress;
@@ -133,11 +133,7 @@ pub(super) async fn run(
         expect(&mut stream, &mut buf, 2).await?;
         Ok::<_, anyhow::Error>((stream, buf))
     };
-    let connected = tokio::time::timeout(Duration::from_secs(30), connected).await;
-    start.wait().await;
-    let (mut stream, mut buf) = connected
-        .map_err(|_| anyhow::anyhow!("{client_id}: no CONNACK within 30 s"))?
-        .with_context(|| format!("{client_id}: connecting"))?;
+    let (mut stream, mut buf) = connect_before_start(client_id, start, connected).await?;
 
     let Pace {
         deadline,
