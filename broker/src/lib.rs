@@ -120,7 +120,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }
     .emit();
 
-    let router = EmbeddedRouter::spawn(config.mqtt.max_connections);
+    // Stored sessions with subscriptions keep a router link too: as many again.
+    let router = EmbeddedRouter::spawn(config.mqtt.max_connections * 2);
     let sessions = Sessions::default();
     let wills = Wills::start(&router, producer.clone(), routes.clone(), sessions.clone())
         .await

@@ -5,11 +5,11 @@
 //! the link-building closure. Building a link blocks (plain channel send/recv), so
 //! it always runs on the blocking pool; nothing here may stall the async runtime.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Unsubscribe};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Unsubscribe};
 use rumqttd::{Notification, Router, RouterConfig};
 
 /// Bytes of one segment of a subscribed filter's in-memory log.
@@ -23,20 +23,34 @@ pub const MAX_OUTGOING_PACKETS: u64 = 200;
 pub const RESERVED_CLIENT_PREFIX: &str = "__tributary";
 
 type BuildLink =
-    dyn Fn(String, bool) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
+    dyn Fn(String) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
 
 /// The embedded router, able to build links.
 #[derive(Clone)]
 pub struct EmbeddedRouter {
     build: Arc<BuildLink>,
+    ids: Arc<Mutex<IdPool>>,
+}
+
+/// Router-side client ids for device links, recycled.
+///
+/// The router keeps a little state (about half a kilobyte) for every client id
+/// it has ever seen, for its lifetime. Device client ids are unbounded, so the
+/// router never sees them: each link gets a recycled id, and the number the
+/// router remembers is the most links ever open at once. Sessions are the
+/// gateway's (see `link::sessions`), so the router link is always clean.
+#[derive(Default)]
+struct IdPool {
+    free: Vec<u32>,
+    next: u32,
 }
 
 impl EmbeddedRouter {
-    /// Starts the router thread. `max_connections` is the listener's limit plus
-    /// Tributary's own links, so the router never refuses a connection silently.
-    pub fn spawn(max_connections: usize) -> Self {
+    /// Starts the router thread. `max_links` bounds the device links open at
+    /// once (connections plus stored sessions that hold subscriptions).
+    pub fn spawn(max_links: usize) -> Self {
         let config = RouterConfig {
-            max_connections: max_connections + 16,
+            max_connections: max_links + 16,
             max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
             max_segment_size: SEGMENT_SIZE,
             max_segment_count: SEGMENT_COUNT,
@@ -46,47 +60,92 @@ impl EmbeddedRouter {
         };
         let router_tx = Router::new(0, config).spawn();
         EmbeddedRouter {
-            build: Arc::new(move |client_id: String, clean_session: bool| {
+            build: Arc::new(move |client_id: String| {
                 LinkBuilder::new(&client_id, router_tx.clone())
-                    .clean_session(clean_session)
+                    .clean_session(true)
                     .build()
                     .map_err(Box::new)
             }),
+            ids: Arc::default(),
         }
     }
 
-    /// Registers a connection with the router; returns its link and whether the
-    /// router resumed a stored session.
-    pub async fn connect(
-        &self,
-        client_id: String,
-        clean_session: bool,
-    ) -> Result<RouterLink, Box<LinkError>> {
-        let build = self.build.clone();
-        let (tx, rx, connack) =
-            tokio::task::spawn_blocking(move || build(client_id, clean_session))
-                .await
-                .map_err(|_| Box::new(LinkError::NotConnectionAck))??;
-        let session_present = match connack {
-            Notification::DeviceAck(ack) => match Packet::from(ack) {
-                Packet::ConnAck(connack, _) => connack.session_present,
-                _ => false,
-            },
-            _ => false,
+    /// Opens a link for a device connection, under a recycled router id.
+    pub async fn connect_device(&self) -> Result<RouterLink, Box<LinkError>> {
+        let id = {
+            let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            ids.free.pop().unwrap_or_else(|| {
+                ids.next += 1;
+                ids.next
+            })
         };
-        Ok(RouterLink {
-            tx,
-            rx,
-            session_present,
-        })
+        match self.open(format!("{RESERVED_CLIENT_PREFIX}-{id}")).await {
+            Ok((tx, rx)) => Ok(RouterLink {
+                tx,
+                rx,
+                id: Some((id, self.ids.clone())),
+            }),
+            Err(error) => {
+                release(&self.ids, id);
+                Err(error)
+            }
+        }
+    }
+
+    /// Opens a link of Tributary's own under `client_id`.
+    pub async fn connect(&self, client_id: String) -> Result<RouterLink, Box<LinkError>> {
+        let (tx, rx) = self.open(client_id).await?;
+        Ok(RouterLink { tx, rx, id: None })
+    }
+
+    async fn open(&self, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
+        let build = self.build.clone();
+        let (tx, rx, _connack) = tokio::task::spawn_blocking(move || build(client_id))
+            .await
+            .map_err(|_| Box::new(LinkError::NotConnectionAck))??;
+        Ok((tx, rx))
     }
 }
 
-/// One connection's link to the router.
+fn release(ids: &Mutex<IdPool>, id: u32) {
+    ids.lock().unwrap_or_else(|e| e.into_inner()).free.push(id);
+}
+
+/// Longest a leaving link waits for the router to let it go before its id is
+/// reused anyway.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One link to the router.
 pub struct RouterLink {
     pub tx: LinkTx,
     pub rx: LinkRx,
-    pub session_present: bool,
+    /// The recycled router id of a device link, returned to the pool once the
+    /// router has let the link go.
+    id: Option<(u32, Arc<Mutex<IdPool>>)>,
+}
+
+impl RouterLink {
+    /// Leaves the router (anything already handed over is processed first).
+    /// The id is reused only once the router has dropped the link, so a new
+    /// link never meets the old one there.
+    pub fn leave(mut self) {
+        let leave = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
+        let sent = send_batch(&mut self.tx, vec![leave]);
+        tokio::spawn(async move {
+            if sent.is_ok() {
+                let gone = async { while self.rx.next().await.is_ok() {} };
+                let _ = tokio::time::timeout(LEAVE_TIMEOUT, gone).await;
+            }
+            if let Some((id, ids)) = self.id.take() {
+                release(&ids, id);
+            }
+        });
+    }
 }
 
 /// The router no longer accepts this link's packets (it dropped the link).

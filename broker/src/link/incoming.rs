@@ -15,7 +15,7 @@ use tributary_bridge::{DeliveryError, MqttPublish, PendingDelivery, Record};
 
 use super::codec::{self, Version};
 use super::gate::Released;
-use super::outgoing::Origin;
+use super::origin::Origin;
 use super::{valid_topic_name, End, Link, LinkContext, TOPIC_ALIAS_MAX};
 use crate::events;
 

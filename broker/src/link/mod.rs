@@ -12,12 +12,14 @@ pub mod connect;
 mod deliver;
 pub mod gate;
 mod incoming;
-pub mod outgoing;
+pub mod origin;
+pub mod outbox;
+pub mod session;
 pub mod sessions;
 pub mod subscriptions;
 pub mod will;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    PingResp,
+    PingResp, PubRel, PubRelReason, Subscribe, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,9 +45,8 @@ use crate::router::{self, EmbeddedRouter, RouterLink};
 use codec::{next_frame, Frame, Version, PUBLISH};
 use gate::Gate;
 use incoming::Ticket;
-use outgoing::Ledger;
-use sessions::{end_router_session, Expiry, Registration, Sessions};
-use subscriptions::Subscriptions;
+use session::Session;
+use sessions::{Expiry, Parked, Registration, Sessions};
 use will::{Will, Wills};
 
 /// Topic aliases a MQTT 5 client may use towards Tributary (announced in CONNACK).
@@ -54,6 +55,10 @@ pub const TOPIC_ALIAS_MAX: u16 = 64;
 /// stop reading QoS 0 (they are not acknowledged, but they hold memory). Shared,
 /// so one busy connection can use it all and many share it.
 pub const QOS0_BUDGET: usize = 16_384;
+
+/// QoS 1/2 messages a 3.1.1 client may have unacknowledged (MQTT 5 clients say
+/// theirs as Receive Maximum).
+pub const DEFAULT_CLIENT_WINDOW: usize = 100;
 
 /// How often a link whose reading stopped on the QoS 0 budget looks again.
 const BUDGET_RECHECK: Duration = Duration::from_millis(2);
@@ -123,17 +128,36 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
             .as_ref()
             .and_then(|p| p.session_expiry_interval),
     );
-    // The router keeps a session iff its link is not clean; Clean Start with a
-    // session that outlives the connection first ends any stored one.
-    let router_clean = expiry == Expiry::AtDisconnect && connect.clean_session;
-    if connect.clean_session && !router_clean {
-        end_router_session(&ctx.router, &connect.client_id).await;
-    }
-    let router = match ctx
-        .router
-        .connect(connect.client_id.to_string(), router_clean)
-        .await
-    {
+    // A stored session resumes unless Clean Start says otherwise; its outbox
+    // was encoded for the protocol version it was made with.
+    let (session, router, session_present) = match ctx.sessions.take(&connect.client_id).await {
+        Some(Parked { session, router })
+            if !connect.clean_session && session.version == connect.version =>
+        {
+            (session, router, true)
+        }
+        Some(Parked { router, .. }) => {
+            if let Some(router) = router {
+                router.leave();
+            }
+            (
+                Session::new(connect.client_id.clone(), connect.version),
+                None,
+                false,
+            )
+        }
+        None => (
+            Session::new(connect.client_id.clone(), connect.version),
+            None,
+            false,
+        ),
+    };
+    let router_resumed = router.is_some();
+    let router = match router {
+        Some(router) => Ok(router),
+        None => ctx.router.connect_device().await,
+    };
+    let router = match router {
         Ok(link) => link,
         Err(error) => {
             tracing::error!(%error, "the router refused a link");
@@ -158,7 +182,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
         }
     };
 
-    let session_present = router.session_present && !router_clean;
+    let properties = connect.properties.as_ref();
+    let mut session = session;
+    session.client_max_packet_size = properties
+        .and_then(|p| p.max_packet_size)
+        .map_or(usize::MAX, |size| size as usize);
     let mut link = Link {
         version: connect.version,
         client_id: connect.client_id.clone(),
@@ -175,30 +203,22 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
         awaiting_pubrel: HashSet::new(),
         qos1_in_gate: 0,
         topic_aliases: HashMap::new(),
-        subscriptions: ctx
-            .sessions
-            .take_subscriptions(&connect.client_id)
-            .filter(|_| session_present)
-            .unwrap_or_default(),
-        ledger: Ledger::default(),
-        held: VecDeque::new(),
-        client_receive_maximum: connect
-            .properties
-            .as_ref()
-            .and_then(|p| p.receive_maximum)
-            .map_or(usize::MAX, usize::from),
-        client_max_packet_size: connect
-            .properties
-            .as_ref()
-            .and_then(|p| p.max_packet_size)
-            .map_or(usize::MAX, |size| size as usize),
-        router_clean,
+        session,
+        client_window: match connect.version {
+            Version::V4 => DEFAULT_CLIENT_WINDOW,
+            Version::V5 => properties
+                .and_then(|p| p.receive_maximum)
+                .map_or(usize::from(u16::MAX), usize::from),
+        },
         expiry,
         disconnect_expiry: None,
         to_router: Vec::new(),
         ctx: ctx.clone(),
     };
     link.send_connack(&connect, session_present);
+    if session_present {
+        link.resume(router_resumed);
+    }
     events::Connected {
         version: connect.version.label(),
     }
@@ -292,20 +312,10 @@ struct Link {
     qos1_in_gate: usize,
     /// MQTT 5 topic aliases set by the client.
     topic_aliases: HashMap<u16, Bytes>,
-    /// The client's subscriptions and their options.
-    subscriptions: Subscriptions,
-    /// Acknowledgements owed to the router for what it sent this client.
-    ledger: Ledger,
-    /// Encoded messages for the device, waiting for its Receive Maximum;
-    /// `true` for QoS 1/2.
-    held: VecDeque<(BytesMut, bool)>,
-    /// The client's Receive Maximum (MQTT 5), else unlimited.
-    client_receive_maximum: usize,
-    /// The client's Maximum Packet Size (MQTT 5), else unlimited.
-    client_max_packet_size: usize,
-    /// The router link does not keep a session (else the router stores one at
-    /// disconnect, which the gateway ends when it expires).
-    router_clean: bool,
+    /// Subscriptions and the outbox: what may outlive this connection.
+    session: Session,
+    /// QoS 1/2 messages the client accepts unacknowledged (its Receive Maximum).
+    client_window: usize,
     expiry: Expiry,
     /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
     disconnect_expiry: Option<u32>,
@@ -391,7 +401,9 @@ impl Link {
                     Ok(0) | Err(_) => return End::ConnectionLost,
                     Ok(_) => last_read = Instant::now(),
                 },
-                notification = self.router.rx.next() => {
+                // A full outbox leaves the rest with the router until the
+                // device catches up.
+                notification = self.router.rx.next(), if !self.session.outbox.is_full() => {
                     if let Err(end) = self.handle_notification(notification).await {
                         return end;
                     }
@@ -503,8 +515,10 @@ impl Link {
             // The router's acknowledgement type is private; its packet is not.
             Ok(Some(Notification::DeviceAck(ack))) => match Packet::from(ack) {
                 Packet::PubRel(pubrel, _) => self.handle_router_pubrel(pubrel)?,
-                // UNSUBSCRIBE is answered by the gateway (see `deliver`).
+                // UNSUBSCRIBE is answered by the gateway (see `deliver`), and
+                // the gateway's own SUBSCRIBEs (packet id 0) by nobody.
                 Packet::UnsubAck(..) => {}
+                Packet::SubAck(ack, _) if ack.pkid == deliver::OWN_PKID => {}
                 packet => self.write(packet),
             },
             Ok(Some(Notification::Unschedule)) => {
@@ -565,52 +579,107 @@ impl Link {
         if end != End::RouterGone {
             // What the device sent before leaving still reaches the router.
             let _ = self.flush_router().await;
-            let leave = Packet::Disconnect(
-                Disconnect {
-                    reason_code: DisconnectReasonCode::NormalDisconnection,
-                },
-                None,
-            );
-            let _ = router::send_batch(&mut self.router.tx, vec![leave]);
         }
         if end.fires_will() {
             if let Some(will) = self.will.take() {
                 self.ctx.wills.schedule(self.client_id.clone(), will);
             }
         }
-        let mut session_kept = !self.router_clean;
-        // On takeover the new connection decides the session's fate, and finds
-        // the subscription options saved below.
-        if session_kept && end != End::TakenOver {
-            let expiry = self
-                .disconnect_expiry
-                .map_or(self.expiry, Expiry::from_interval);
-            match expiry {
-                Expiry::AtDisconnect => {
-                    end_router_session(&self.ctx.router, &self.client_id).await;
-                    session_kept = false;
-                }
-                Expiry::After(after) => self.ctx.sessions.expire_later(
-                    self.ctx.router.clone(),
-                    self.client_id.clone(),
-                    after,
-                ),
-                Expiry::Never => {}
+        let expiry = self
+            .disconnect_expiry
+            .map_or(self.expiry, Expiry::from_interval);
+        let Link {
+            ctx,
+            mut session,
+            mut router,
+            ..
+        } = self;
+        let router_alive = end != End::RouterGone;
+        // On takeover the new connection decides the session's fate; it takes
+        // it over at once.
+        let keep_for = match (end, expiry) {
+            (End::TakenOver, Expiry::AtDisconnect) => Some(TAKEN_OVER_KEPT),
+            (_, Expiry::AtDisconnect) => {
+                router.leave();
+                return ended(end, registration);
             }
+            (_, expiry) => expiry.keep_for(),
+        };
+        let dropped = session.outbox.drop_qos0();
+        for _ in 0..dropped {
+            events::DeliverySkipped {
+                reason: "qos0_while_away",
+            }
+            .emit();
         }
-        if session_kept && !self.subscriptions.is_empty() {
-            let subscriptions = std::mem::take(&mut self.subscriptions);
-            self.ctx
-                .sessions
-                .save_subscriptions(self.client_id.clone(), subscriptions);
-        }
-        events::ConnectionEnded {
-            reason: end.label(),
-        }
-        .emit();
-        // Last: a successor waiting to take over may now register with the router.
-        drop(registration);
+        // The router goes on routing to a stored session only for its plain
+        // subscriptions: shares go to the group's connected members
+        // [MQTT-4.8.2]. Without plain subscriptions the router keeps nothing.
+        let shared = session.subscriptions.shared_filters();
+        let router = if router_alive && session.subscriptions.has_plain() {
+            if !shared.is_empty() {
+                let unsubscribe = Unsubscribe {
+                    pkid: deliver::OWN_PKID,
+                    filters: shared.into_iter().map(|f| f.path).collect(),
+                };
+                let _ = router::send_batch(
+                    &mut router.tx,
+                    vec![Packet::Unsubscribe(unsubscribe, None)],
+                );
+            }
+            Some(router)
+        } else {
+            router.leave();
+            None
+        };
+        ctx.sessions.park(Parked { session, router }, keep_for);
+        ended(end, registration);
     }
+
+    /// Picks a resumed session up where its last connection left it: what the
+    /// device had not acknowledged goes again first [MQTT-4.4.0-1], then what
+    /// was queued; shared subscriptions rejoin their groups.
+    /// `router_resumed` says whether the session's router link was kept while
+    /// the device was away; if not, every subscription is made again.
+    fn resume(&mut self, router_resumed: bool) {
+        let version = self.version;
+        self.session.outbox.resend(&mut self.wbuf, |pkid, out| {
+            let pubrel = Packet::PubRel(
+                PubRel {
+                    pkid,
+                    reason: PubRelReason::Success,
+                },
+                None,
+            );
+            let _ = version.encode(pubrel, out);
+        });
+        let filters = if router_resumed {
+            self.session.subscriptions.shared_filters()
+        } else {
+            self.session.subscriptions.filters()
+        };
+        if !filters.is_empty() {
+            let subscribe = Subscribe {
+                pkid: deliver::OWN_PKID,
+                filters,
+            };
+            let _ = self.relay(Packet::Subscribe(subscribe, None));
+        }
+        let _ = self.settle();
+    }
+}
+
+/// How long a session that ends at disconnect is kept for the connection that
+/// took it over.
+const TAKEN_OVER_KEPT: Duration = Duration::from_secs(10);
+
+fn ended(end: End, registration: Registration) {
+    events::ConnectionEnded {
+        reason: end.label(),
+    }
+    .emit();
+    // Last: a successor waiting to take over may now find the stored session.
+    drop(registration);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

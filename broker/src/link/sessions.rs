@@ -1,21 +1,31 @@
-//! Which client ids are connected, for session takeover and delayed wills.
+//! Which client ids are connected, the sessions kept while their devices are
+//! away, and delayed wills.
 //!
 //! A new connection with a client id already in use takes over: the old link is
 //! told to close (MQTT 5: DISCONNECT 0x8E) and the new one waits until the old
-//! has left the router, so the two never share router state. A reconnecting
-//! client also cancels its own delayed will.
+//! has stored its session. A reconnecting client also cancels its own delayed
+//! will.
+//!
+//! A stored session lives in a small task of its own until its device returns
+//! or it expires. It keeps its router link only while it has subscriptions (the
+//! router then goes on routing to it, and the task queues the QoS 1/2 messages
+//! in the session's outbox); without subscriptions nothing of it is left in the
+//! router. An expired session is gone entirely: its memory returns.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rumqttd::local::LinkError;
+use rumqttd::protocol::{Packet, PubComp, PubCompReason};
+use rumqttd::Notification;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::Version;
-use super::subscriptions::Subscriptions;
+use super::session::Session;
 use crate::events;
-use crate::router::{self, EmbeddedRouter};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
+use crate::router::{self, RouterLink};
 
 /// How long a new connection waits for the one it takes over to leave.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,9 +67,22 @@ struct Inner {
     next_generation: u64,
     connected: HashMap<Arc<str>, Registered>,
     pending_wills: Timers,
-    expiring_sessions: Timers,
-    /// Subscription options of sessions that outlive their connection.
-    subscriptions: HashMap<Arc<str>, Subscriptions>,
+    /// Sessions whose devices are away.
+    stored: HashMap<Arc<str>, Stored>,
+}
+
+struct Stored {
+    generation: u64,
+    /// Cancelled to hand the session back to its returning device.
+    take: CancellationToken,
+    task: JoinHandle<Option<Parked>>,
+}
+
+/// A session whose device is away.
+pub struct Parked {
+    pub session: Session,
+    /// Held while the session has subscriptions the router must keep routing.
+    pub router: Option<RouterLink>,
 }
 
 struct Registered {
@@ -96,19 +119,9 @@ impl Sessions {
     /// Registers `client_id`, closing any connection that holds it and
     /// cancelling its delayed will.
     pub async fn register(&self, client_id: Arc<str>) -> Registration {
-        {
+        let previous = {
             let mut inner = self.lock();
             inner.pending_wills.cancel(&client_id);
-            inner.expiring_sessions.cancel(&client_id);
-        }
-        self.register_quietly(client_id).await
-    }
-
-    /// Registers without touching the client's timers (for the session expiry
-    /// itself, which must not cancel a will still waiting).
-    async fn register_quietly(&self, client_id: Arc<str>) -> Registration {
-        let previous = {
-            let inner = self.lock();
             inner.connected.get(&client_id).map(|old| {
                 old.kick.cancel();
                 old.gone.clone()
@@ -166,42 +179,145 @@ impl Sessions {
         self.lock().pending_wills.done(client_id, id);
     }
 
-    /// Ends the router session of `client_id` after `after`, unless the client
-    /// reconnects first.
-    pub fn expire_later(&self, router: EmbeddedRouter, client_id: Arc<str>, after: Duration) {
-        let (id, cancelled) = {
-            let mut inner = self.lock();
-            inner.next_generation += 1;
-            let id = inner.next_generation;
-            (id, inner.expiring_sessions.start(id, client_id.clone()))
+    /// Keeps `parked` until its device returns ([`Sessions::take`]) or, after
+    /// `expiry` (`None`: never), it expires.
+    pub fn park(&self, parked: Parked, expiry: Option<Duration>) {
+        let client_id = parked.session.client_id.clone();
+        let take = CancellationToken::new();
+        // Locked while spawning, so the task never looks for its entry before
+        // it is there.
+        let mut inner = self.lock();
+        inner.next_generation += 1;
+        let generation = inner.next_generation;
+        let task = tokio::spawn(keep(self.clone(), parked, expiry, take.clone(), generation));
+        let stored = Stored {
+            generation,
+            take,
+            task,
         };
-        let sessions = self.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = cancelled.cancelled() => return,
-                () = tokio::time::sleep(after) => {}
-            }
-            sessions.lock().expiring_sessions.done(&client_id, id);
-            // Hold the client id while the router forgets it, so a device
-            // connecting meanwhile waits and finds no session.
-            let registration = sessions.register_quietly(client_id.clone()).await;
-            end_router_session(&router, &client_id).await;
-            sessions.take_subscriptions(&client_id);
-            events::SessionExpired.emit();
-            drop(registration);
-        });
+        if let Some(older) = inner.stored.insert(client_id, stored) {
+            older.take.cancel();
+        }
+    }
+
+    /// The stored session of `client_id`, handed back to its returning device.
+    pub async fn take(&self, client_id: &str) -> Option<Parked> {
+        let stored = {
+            let mut inner = self.lock();
+            let stored = inner.stored.remove(client_id);
+            shrink(&mut inner.stored);
+            stored?
+        };
+        stored.take.cancel();
+        stored.task.await.ok().flatten()
+    }
+
+    /// Sessions stored for devices that are away.
+    pub fn stored(&self) -> usize {
+        self.lock().stored.len()
     }
 }
 
-impl Sessions {
-    /// Keeps a persistent session's subscription options for its next connection.
-    pub fn save_subscriptions(&self, client_id: Arc<str>, subscriptions: Subscriptions) {
-        self.lock().subscriptions.insert(client_id, subscriptions);
+/// A stored session's task: queues what the router sends it, until it is
+/// taken back or expires.
+async fn keep(
+    sessions: Sessions,
+    mut parked: Parked,
+    expiry: Option<Duration>,
+    take: CancellationToken,
+    generation: u64,
+) -> Option<Parked> {
+    let expired = async {
+        match expiry {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
+    loop {
+        tokio::select! {
+            () = take.cancelled() => return Some(parked),
+            () = &mut expired => {
+                let client_id = parked.session.client_id.clone();
+                let ours = {
+                    let mut inner = sessions.lock();
+                    let ours = inner
+                        .stored
+                        .get(&client_id)
+                        .is_some_and(|s| s.generation == generation);
+                    if ours {
+                        inner.stored.remove(&client_id);
+                        shrink(&mut inner.stored);
+                    }
+                    ours
+                };
+                if !ours {
+                    // Being taken back at this very moment.
+                    return Some(parked);
+                }
+                if let Some(router) = parked.router.take() {
+                    router.leave();
+                }
+                events::SessionExpired.emit();
+                return None;
+            }
+            notification = next_notification(&mut parked.router) => {
+                if let Err(error) = handle_notification(&mut parked, notification).await {
+                    tracing::warn!(%error, "a stored session lost its router link");
+                    parked.router = None;
+                }
+            }
+        }
     }
+}
 
-    /// The saved subscription options of `client_id`, removed from the registry.
-    pub fn take_subscriptions(&self, client_id: &str) -> Option<Subscriptions> {
-        self.lock().subscriptions.remove(client_id)
+async fn next_notification(
+    router: &mut Option<RouterLink>,
+) -> Result<Option<Notification>, LinkError> {
+    match router {
+        Some(router) => router.rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a stored session does with a router notification: queue messages and
+/// acknowledge them; nothing goes to a device.
+async fn handle_notification(
+    parked: &mut Parked,
+    notification: Result<Option<Notification>, LinkError>,
+) -> Result<(), LinkError> {
+    let Some(router) = parked.router.as_mut() else {
+        return Ok(());
+    };
+    let reply = match notification? {
+        Some(Notification::Forward(forward)) => parked.session.accept(forward, false),
+        Some(Notification::DeviceAck(ack)) => match Packet::from(ack) {
+            Packet::PubRel(pubrel, _) => Some(Packet::PubComp(
+                PubComp {
+                    pkid: pubrel.pkid,
+                    reason: PubCompReason::Success,
+                },
+                None,
+            )),
+            _ => None,
+        },
+        Some(Notification::Unschedule) => {
+            router.rx.wake().await?;
+            None
+        }
+        _ => None,
+    };
+    if let Some(reply) = reply {
+        router::send_batch(&mut router.tx, vec![reply]).map_err(|_| LinkError::NotConnectionAck)?;
+    }
+    Ok(())
+}
+
+/// Gives memory back once a map has shrunk well below its capacity (a burst of
+/// distinct client ids must not hold memory forever).
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 
@@ -227,26 +343,21 @@ impl Expiry {
         }
     }
 
+    /// How long a stored session is kept; `None` for ever.
+    pub fn keep_for(self) -> Option<Duration> {
+        match self {
+            Expiry::After(after) => Some(after),
+            Expiry::AtDisconnect => Some(Duration::ZERO),
+            Expiry::Never => None,
+        }
+    }
+
     pub fn from_interval(seconds: u32) -> Expiry {
         match seconds {
             0 => Expiry::AtDisconnect,
             u32::MAX => Expiry::Never,
             seconds => Expiry::After(Duration::from_secs(u64::from(seconds))),
         }
-    }
-}
-
-/// Makes the router forget everything it keeps for `client_id`: a clean-session
-/// connection discards the stored state, and its disconnect stores none.
-pub async fn end_router_session(router: &EmbeddedRouter, client_id: &str) {
-    match router.connect(client_id.to_owned(), true).await {
-        Ok(mut link) => {
-            let leave = Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            };
-            let _ = router::send(&mut link.tx, Packet::Disconnect(leave, None));
-        }
-        Err(error) => tracing::warn!(%error, client_id, "could not end a router session"),
     }
 }
 
@@ -268,6 +379,7 @@ impl Drop for Registration {
                 .is_some_and(|r| r.generation == self.generation)
             {
                 inner.connected.remove(&self.client_id);
+                shrink(&mut inner.connected);
             }
         }
         self.gone.cancel();

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use rumqttd::protocol::{matches, Filter, RetainForwardRule};
+use rumqttd::protocol::{matches, Filter, QoS, RetainForwardRule};
 
 /// Options of one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,43 @@ impl Subscriptions {
         self.by_filter.is_empty()
     }
 
+    /// Whether any subscription is not a shared one.
+    pub fn has_plain(&self) -> bool {
+        self.by_filter.values().any(|o| !o.shared)
+    }
+
+    /// Every subscription, as the router is given it.
+    pub fn filters(&self) -> Vec<Filter> {
+        self.to_filters(|_| true)
+    }
+
+    /// The shared subscriptions, as the router is given them.
+    pub fn shared_filters(&self) -> Vec<Filter> {
+        self.to_filters(|o| o.shared)
+    }
+
+    fn to_filters(&self, keep: impl Fn(&Options) -> bool) -> Vec<Filter> {
+        self.by_filter
+            .iter()
+            .filter(|(_, options)| keep(options))
+            .map(|(path, o)| Filter {
+                path: path.clone(),
+                qos: match o.qos {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => QoS::ExactlyOnce,
+                },
+                nolocal: o.no_local,
+                preserve_retain: o.retain_as_published,
+                retain_forward_rule: match o.retain_handling {
+                    RetainHandling::OnSubscribe => RetainForwardRule::OnEverySubscribe,
+                    RetainHandling::OnNewSubscription => RetainForwardRule::OnNewSubscribe,
+                    RetainHandling::Never => RetainForwardRule::Never,
+                },
+            })
+            .collect()
+    }
+
     /// The options of every subscription matching `topic`.
     pub fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Options> + 'a {
         self.by_filter.iter().filter_map(move |(path, options)| {
@@ -105,8 +142,6 @@ fn matches_filter(topic: &str, filter: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use rumqttd::protocol::QoS;
-
     use super::*;
 
     fn filter(path: &str, nolocal: bool) -> Filter {

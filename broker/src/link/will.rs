@@ -16,7 +16,7 @@ use rumqttd::Notification;
 use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
 
 use crate::events;
-use crate::link::outgoing::Origin;
+use crate::link::origin::Origin;
 use crate::link::sessions::Sessions;
 use crate::router::{self, EmbeddedRouter, RESERVED_CLIENT_PREFIX};
 
@@ -84,7 +84,7 @@ impl Wills {
         sessions: Sessions,
     ) -> anyhow::Result<Wills> {
         let link = router
-            .connect(format!("{RESERVED_CLIENT_PREFIX}_wills"), true)
+            .connect(format!("{RESERVED_CLIENT_PREFIX}_wills"))
             .await?;
         tokio::spawn(drain(link.rx));
         Ok(Wills {

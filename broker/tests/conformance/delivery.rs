@@ -133,3 +133,56 @@ async fn a_311_client_with_more_qos2_in_flight_than_the_window_completes() {
     .await;
     assert!(all.is_ok(), "only {completed} of 32 QoS 2 flows completed");
 }
+
+/// [MQTT-4.4.0-1]: a resumed session first re-sends what the device had not
+/// acknowledged, with the original packet id and DUP set; once acknowledged
+/// it is not sent again.
+#[tokio::test]
+async fn unacknowledged_messages_come_again_with_dup_after_reconnect() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+        o.set_manual_acks(true);
+    };
+    let (mut sub, _) = Client::connect_with(addr, "dup-sub", persistent).await;
+    sub.subscribe(filter("dup/#", QoS::ExactlyOnce)).await;
+    let (mut publisher, _) = Client::connect(addr, "dup-pub").await;
+    for (topic, qos) in [("dup/1", QoS::AtLeastOnce), ("dup/2", QoS::ExactlyOnce)] {
+        publisher
+            .publish(
+                topic,
+                qos,
+                false,
+                topic.as_bytes(),
+                PublishProperties::default(),
+            )
+            .await;
+    }
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let publish = sub.next_publish(WAIT).await.expect("delivered");
+        assert!(!publish.dup, "a first delivery is not a duplicate");
+        first.push((publish.topic, publish.pkid, publish.qos));
+    }
+    // Gone without acknowledging either.
+    drop(sub);
+
+    let (mut back, connack) = Client::connect_with(addr, "dup-sub", persistent).await;
+    assert!(connack.session_present);
+    for expected in &first {
+        let again = back.next_publish(WAIT).await.expect("sent again");
+        assert_eq!(&(again.topic.clone(), again.pkid, again.qos), expected);
+        assert!(again.dup, "DUP is set on re-delivery");
+        back.client.ack(&again).await.unwrap();
+    }
+    // Acknowledged now (QoS 2 through PUBREL/PUBCOMP): not sent a third time.
+    assert!(back.next_publish(QUIET).await.is_none());
+    drop(back);
+    let (mut last, _) = Client::connect_with(addr, "dup-sub", persistent).await;
+    assert!(
+        last.next_publish(QUIET).await.is_none(),
+        "nothing left owed"
+    );
+}

@@ -1,0 +1,318 @@
+//! What a session owes its device: messages queued for delivery and the QoS 1/2
+//! messages sent and not yet acknowledged, under Tributary's own packet ids.
+//!
+//! The router's packet ids never reach a device: the gateway acknowledges the
+//! router as soon as a message is in this outbox, and numbers deliveries itself.
+//! That is what lets a session outlive its connection (and its router link): the
+//! unacknowledged messages are sent again on resume with the same packet id and
+//! DUP set [MQTT-4.4.0-1], PUBRELs included. It never sends a QoS 1/2 message
+//! beyond the device's Receive Maximum.
+
+use std::collections::{HashSet, VecDeque};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Messages a session may have queued (not yet sent) before the link stops
+/// taking more from the router; while the device is away, QoS 1/2 messages past
+/// this are dropped and counted.
+pub const MAX_QUEUED: usize = 1000;
+
+/// An encoded PUBLISH waiting to be sent, its packet id still to be assigned.
+#[derive(Debug)]
+pub struct Queued {
+    pub frame: BytesMut,
+    pub qos: u8,
+    /// Offset of the two packet id bytes in `frame` (QoS 1/2 only).
+    pub pkid_at: usize,
+}
+
+/// Where a sent QoS 1/2 message is in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, awaiting PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    pkid: u16,
+    qos: u8,
+    stage: Stage,
+    frame: Bytes,
+}
+
+/// What the device acknowledged, as the outbox saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// The flow is complete (or the ack matched nothing).
+    Done,
+    /// A PUBREC: send PUBREL with this id.
+    Release(u16),
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    last_pkid: u16,
+    queued: VecDeque<Queued>,
+    in_flight: VecDeque<InFlight>,
+    in_flight_ids: HashSet<u16>,
+}
+
+impl Outbox {
+    pub fn queue(&mut self, queued: Queued) {
+        self.queued.push_back(queued);
+    }
+
+    /// No room for more messages from the router.
+    pub fn is_full(&self) -> bool {
+        self.queued.len() >= MAX_QUEUED
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// QoS 1/2 messages sent and not yet completely acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Drops the queued QoS 0 messages (a session whose device is away keeps
+    /// only QoS 1/2 messages); returns how many.
+    pub fn drop_qos0(&mut self) -> usize {
+        let before = self.queued.len();
+        self.queued.retain(|q| q.qos > 0);
+        before - self.queued.len()
+    }
+
+    /// The next message to send, if `window` (the device's Receive Maximum)
+    /// allows it, with its packet id assigned.
+    pub fn next(&mut self, window: usize) -> Option<Bytes> {
+        let front = self.queued.front()?;
+        if front.qos > 0 && self.in_flight.len() >= window {
+            return None;
+        }
+        let Queued {
+            mut frame,
+            qos,
+            pkid_at,
+        } = self.queued.pop_front().expect("front exists");
+        if qos == 0 {
+            return Some(frame.freeze());
+        }
+        let pkid = self.next_pkid();
+        frame[pkid_at..pkid_at + 2].copy_from_slice(&pkid.to_be_bytes());
+        let frame = frame.freeze();
+        self.in_flight_ids.insert(pkid);
+        self.in_flight.push_back(InFlight {
+            pkid,
+            qos,
+            stage: Stage::Published,
+            frame: frame.clone(),
+        });
+        Some(frame)
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            if !self.in_flight_ids.contains(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    /// PUBACK for a QoS 1 message; false if none awaits it.
+    pub fn puback(&mut self, pkid: u16) -> bool {
+        self.remove(pkid, 1, Stage::Published)
+    }
+
+    /// PUBREC for a QoS 2 message. A failure reason code ends the flow
+    /// [MQTT-4.3.3]; success moves it on to PUBREL.
+    pub fn pubrec(&mut self, pkid: u16, success: bool) -> Acked {
+        if !success {
+            self.remove(pkid, 2, Stage::Published);
+            return Acked::Done;
+        }
+        let published = self
+            .in_flight
+            .iter_mut()
+            .find(|m| m.pkid == pkid && m.qos == 2 && m.stage == Stage::Published);
+        if let Some(message) = published {
+            message.stage = Stage::Released;
+            message.frame = Bytes::new();
+            return Acked::Release(pkid);
+        }
+        if self.is_released(pkid) {
+            // A PUBREC repeated after a resume: PUBREL again.
+            Acked::Release(pkid)
+        } else {
+            Acked::Done
+        }
+    }
+
+    /// PUBCOMP; false if no PUBREL awaits it.
+    pub fn pubcomp(&mut self, pkid: u16) -> bool {
+        self.remove(pkid, 2, Stage::Released)
+    }
+
+    fn is_released(&self, pkid: u16) -> bool {
+        self.in_flight
+            .iter()
+            .any(|m| m.pkid == pkid && m.stage == Stage::Released)
+    }
+
+    fn remove(&mut self, pkid: u16, qos: u8, stage: Stage) -> bool {
+        let Some(at) = self
+            .in_flight
+            .iter()
+            .position(|m| m.pkid == pkid && m.qos == qos && m.stage == stage)
+        else {
+            return false;
+        };
+        self.in_flight.remove(at);
+        self.in_flight_ids.remove(&pkid);
+        true
+    }
+
+    /// Everything the device had not acknowledged when its last connection
+    /// ended, in the original order: PUBLISH again with DUP set, or PUBREL
+    /// (`encode_pubrel` writes one for a packet id) [MQTT-4.4.0-1].
+    pub fn resend(&self, out: &mut BytesMut, encode_pubrel: impl Fn(u16, &mut BytesMut)) {
+        for message in &self.in_flight {
+            match message.stage {
+                Stage::Published => {
+                    let at = out.len();
+                    out.extend_from_slice(&message.frame);
+                    out[at] |= DUP;
+                }
+                Stage::Released => encode_pubrel(message.pkid, out),
+            }
+        }
+    }
+}
+
+/// The DUP flag of a PUBLISH's first byte.
+const DUP: u8 = 0b1000;
+
+/// A PUBLISH `frame` (as encoded for the router's QoS) re-encoded at `qos` with
+/// `retain`, DUP clear, and room for a packet id when `qos` > 0.
+pub fn reencode(frame: &[u8], fixed_header_len: usize, qos: u8, retain: bool) -> Queued {
+    let old_qos = (frame[0] >> 1) & 0b11;
+    let body = &frame[fixed_header_len..];
+    let topic_end = 2 + usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let rest = if old_qos > 0 {
+        &body[topic_end + 2..]
+    } else {
+        &body[topic_end..]
+    };
+    let id_len = if qos > 0 { 2 } else { 0 };
+    let remaining = topic_end + id_len + rest.len();
+    let mut out = BytesMut::with_capacity(5 + remaining);
+    out.put_u8((frame[0] & 0xf0) | (qos << 1) | u8::from(retain));
+    put_remaining_length(&mut out, remaining);
+    out.extend_from_slice(&body[..topic_end]);
+    let pkid_at = out.len();
+    if qos > 0 {
+        out.put_u16(0);
+    }
+    out.extend_from_slice(rest);
+    Queued {
+        frame: out,
+        qos,
+        pkid_at,
+    }
+}
+
+fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // QoS 1 from the router, topic "a/b", router pkid 0x0102, payload "hi".
+    const FRAME: [u8; 11] = [0x32, 9, 0, 3, b'a', b'/', b'b', 1, 2, b'h', b'i'];
+
+    fn pubrel(pkid: u16, out: &mut BytesMut) {
+        out.extend_from_slice(&[0x62, 2]);
+        out.put_u16(pkid);
+    }
+
+    #[test]
+    fn reencoding_changes_qos_and_makes_room_for_an_id() {
+        let q0 = reencode(&FRAME, 2, 0, false);
+        assert_eq!(
+            &q0.frame[..],
+            &[0x30, 7, 0, 3, b'a', b'/', b'b', b'h', b'i']
+        );
+        let q2 = reencode(&q0.frame, 2, 2, true);
+        assert_eq!(
+            &q2.frame[..],
+            &[0x35, 9, 0, 3, b'a', b'/', b'b', 0, 0, b'h', b'i']
+        );
+        assert_eq!(q2.pkid_at, 7);
+    }
+
+    #[test]
+    fn the_window_holds_back_qos1_but_not_qos0() {
+        let mut outbox = Outbox::default();
+        outbox.queue(reencode(&FRAME, 2, 1, false));
+        outbox.queue(reencode(&FRAME, 2, 1, false));
+        let first = outbox.next(1).unwrap();
+        assert_eq!(&first[7..9], &[0, 1], "our own id, not the router's");
+        assert!(outbox.next(1).is_none(), "window of 1 is full");
+        assert!(outbox.puback(1));
+        assert!(!outbox.puback(1), "already acknowledged");
+        assert_eq!(&outbox.next(1).unwrap()[7..9], &[0, 2]);
+        outbox.queue(reencode(&FRAME, 2, 0, false));
+        assert!(outbox.next(1).is_some(), "QoS 0 needs no window");
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_resent_with_dup_and_pubrels_repeated() {
+        let mut outbox = Outbox::default();
+        for qos in [1, 2, 2] {
+            outbox.queue(reencode(&FRAME, 2, qos, false));
+            outbox.next(10).unwrap();
+        }
+        assert_eq!(outbox.pubrec(3, true), Acked::Release(3));
+        let mut out = BytesMut::new();
+        outbox.resend(&mut out, pubrel);
+        assert_eq!(out[0], 0x3a, "QoS 1 with DUP");
+        assert_eq!(&out[7..9], &[0, 1]);
+        assert_eq!(out[11], 0x3c, "QoS 2 with DUP");
+        assert_eq!(&out[18..20], &[0, 2]);
+        assert_eq!(&out[22..], &[0x62, 2, 0, 3]);
+        assert!(outbox.pubcomp(3));
+        assert_eq!(outbox.in_flight(), 2);
+    }
+
+    #[test]
+    fn ids_in_flight_are_never_reused() {
+        let mut outbox = Outbox::default();
+        outbox.queue(reencode(&FRAME, 2, 1, false));
+        outbox.next(usize::MAX).unwrap(); // id 1 stays in flight
+        for _ in 0..u16::MAX {
+            outbox.queue(reencode(&FRAME, 2, 1, false));
+            let frame = outbox.next(usize::MAX).unwrap();
+            let pkid = u16::from_be_bytes([frame[7], frame[8]]);
+            assert_ne!(pkid, 0);
+            assert!(outbox.puback(pkid) && pkid != 1);
+        }
+        assert_eq!(outbox.in_flight(), 1);
+    }
+}
