@@ -6,6 +6,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use tributary::config::{Config, ConfigError};
 
+/// jemalloc gives freed memory back to the system on its own (its background
+/// threads purge pages left unused for ~10 s), so memory taken by a burst of
+/// connections or stored sessions returns once they are gone; glibc's malloc
+/// keeps most of it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An MQTT broker with a Kafka bridge built in.
 #[derive(Debug, Parser)]
 #[command(version, about)]

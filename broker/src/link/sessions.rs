@@ -6,14 +6,16 @@
 //! has stored its session. A reconnecting client also cancels its own delayed
 //! will.
 //!
-//! A stored session lives in a small task of its own until its device returns
-//! or it expires. It keeps its router link only while it has subscriptions (the
-//! router then goes on routing to it, and the task queues the QoS 1/2 messages
-//! in the session's outbox); without subscriptions nothing of it is left in the
-//! router. An expired session is gone entirely: its memory returns.
+//! A stored session waits in the registry until its device returns or it
+//! expires (one reaper task ends them all, in deadline order). It keeps its
+//! router link only while it has plain subscriptions: the router then goes on
+//! routing to it, and a task of its own queues the QoS 1/2 messages in the
+//! session's outbox. Without them nothing of it is left in the router. An
+//! expired session is gone entirely, and its memory returns.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use rumqttd::local::LinkError;
@@ -21,6 +23,7 @@ use rumqttd::protocol::{Packet, PubComp, PubCompReason};
 use rumqttd::Notification;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::codec::Version;
 use super::session::Session;
@@ -69,13 +72,28 @@ struct Inner {
     pending_wills: Timers,
     /// Sessions whose devices are away.
     stored: HashMap<Arc<str>, Stored>,
+    /// When each stored session expires: client id and generation.
+    expiries: DelayQueue<(Arc<str>, u64)>,
+    reaper_started: bool,
 }
 
 struct Stored {
     generation: u64,
-    /// Cancelled to hand the session back to its returning device.
-    take: CancellationToken,
-    task: JoinHandle<Option<Parked>>,
+    /// Its place in [`Inner::expiries`], unless it never expires.
+    expires: Option<delay_queue::Key>,
+    keeper: Keeper,
+}
+
+enum Keeper {
+    /// Nothing routes to the session: it waits here, a few hundred bytes
+    /// (boxed, so the registry's empty slots stay small).
+    Waiting(Box<Parked>),
+    /// A task queues what the router sends it; cancelling `take` hands the
+    /// session back.
+    Routing {
+        take: CancellationToken,
+        task: JoinHandle<Parked>,
+    },
 }
 
 /// A session whose device is away.
@@ -183,20 +201,38 @@ impl Sessions {
     /// `expiry` (`None`: never), it expires.
     pub fn park(&self, parked: Parked, expiry: Option<Duration>) {
         let client_id = parked.session.client_id.clone();
-        let take = CancellationToken::new();
-        // Locked while spawning, so the task never looks for its entry before
-        // it is there.
         let mut inner = self.lock();
+        if !inner.reaper_started {
+            inner.reaper_started = true;
+            tokio::spawn(reap(self.clone()));
+        }
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        let task = tokio::spawn(keep(self.clone(), parked, expiry, take.clone(), generation));
+        let expires = expiry.map(|after| {
+            inner
+                .expiries
+                .insert((client_id.clone(), generation), after)
+        });
+        let keeper = match parked.router {
+            Some(_) => {
+                let take = CancellationToken::new();
+                let task = tokio::spawn(route(parked, take.clone()));
+                Keeper::Routing { take, task }
+            }
+            None => Keeper::Waiting(Box::new(parked)),
+        };
         let stored = Stored {
             generation,
-            take,
-            task,
+            expires,
+            keeper,
         };
         if let Some(older) = inner.stored.insert(client_id, stored) {
-            older.take.cancel();
+            // Two connections for one client id never both store a session
+            // (takeover waits), but should it happen the newer one wins.
+            if let Some(key) = older.expires {
+                inner.expiries.try_remove(&key);
+            }
+            tokio::spawn(older.keeper.end());
         }
     }
 
@@ -204,79 +240,110 @@ impl Sessions {
     pub async fn take(&self, client_id: &str) -> Option<Parked> {
         let stored = {
             let mut inner = self.lock();
-            let stored = inner.stored.remove(client_id);
-            shrink(&mut inner.stored);
-            stored?
+            let stored = inner.stored.remove(client_id)?;
+            if let Some(key) = stored.expires {
+                inner.expiries.try_remove(&key);
+            }
+            inner.shrink();
+            stored
         };
-        stored.take.cancel();
-        stored.task.await.ok().flatten()
+        stored.keeper.take().await
     }
 
     /// Sessions stored for devices that are away.
     pub fn stored(&self) -> usize {
         self.lock().stored.len()
     }
-}
 
-/// A stored session's task: queues what the router sends it, until it is
-/// taken back or expires.
-async fn keep(
-    sessions: Sessions,
-    mut parked: Parked,
-    expiry: Option<Duration>,
-    take: CancellationToken,
-    generation: u64,
-) -> Option<Parked> {
-    let expired = async {
-        match expiry {
-            Some(after) => tokio::time::sleep(after).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expired);
-    loop {
-        tokio::select! {
-            () = take.cancelled() => return Some(parked),
-            () = &mut expired => {
-                let client_id = parked.session.client_id.clone();
-                let ours = {
-                    let mut inner = sessions.lock();
-                    let ours = inner
-                        .stored
-                        .get(&client_id)
-                        .is_some_and(|s| s.generation == generation);
-                    if ours {
-                        inner.stored.remove(&client_id);
-                        shrink(&mut inner.stored);
-                    }
-                    ours
-                };
-                if !ours {
-                    // Being taken back at this very moment.
-                    return Some(parked);
-                }
-                if let Some(router) = parked.router.take() {
-                    router.leave();
-                }
-                events::SessionExpired.emit();
-                return None;
+    /// Ends the stored session `client_id` if it is still the one that
+    /// expired (not taken back, not replaced, meanwhile).
+    async fn expire(&self, client_id: Arc<str>, generation: u64) {
+        let stored = {
+            let mut inner = self.lock();
+            if inner
+                .stored
+                .get(&client_id)
+                .is_none_or(|s| s.generation != generation)
+            {
+                return;
             }
-            notification = next_notification(&mut parked.router) => {
-                if let Err(error) = handle_notification(&mut parked, notification).await {
-                    tracing::warn!(%error, "a stored session lost its router link");
-                    parked.router = None;
-                }
-            }
+            let stored = inner.stored.remove(&client_id);
+            inner.shrink();
+            stored
+        };
+        if let Some(stored) = stored {
+            stored.keeper.end().await;
+            events::SessionExpired.emit();
         }
     }
 }
 
-async fn next_notification(
-    router: &mut Option<RouterLink>,
-) -> Result<Option<Notification>, LinkError> {
-    match router {
-        Some(router) => router.rx.next().await,
-        None => std::future::pending().await,
+impl Inner {
+    /// Gives memory back once the stored sessions have shrunk well below what
+    /// was allocated for them (a burst of client ids must not hold memory).
+    fn shrink(&mut self) {
+        shrink(&mut self.stored);
+        if self.expiries.capacity() > 64 && self.expiries.len() < self.expiries.capacity() / 4 {
+            self.expiries.shrink_to_fit();
+        }
+    }
+}
+
+/// Ends stored sessions as they expire: one task for all of them.
+async fn reap(sessions: Sessions) {
+    loop {
+        let expired = std::future::poll_fn(|cx| {
+            match sessions.lock().expiries.poll_expired(cx) {
+                Poll::Ready(Some(expired)) => Poll::Ready(expired.into_inner()),
+                // Empty: the queue wakes this task at its next insert.
+                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let (client_id, generation) = expired;
+        sessions.expire(client_id, generation).await;
+    }
+}
+
+impl Keeper {
+    async fn take(self) -> Option<Parked> {
+        match self {
+            Keeper::Waiting(parked) => Some(*parked),
+            Keeper::Routing { take, task } => {
+                take.cancel();
+                task.await.ok()
+            }
+        }
+    }
+
+    /// Ends the session: whatever it still held for the device is dropped.
+    async fn end(self) {
+        if let Some(Parked {
+            router: Some(router),
+            ..
+        }) = self.take().await
+        {
+            router.leave();
+        }
+    }
+}
+
+/// A stored session's router side: queues what the router sends it until the
+/// session is taken back or ends.
+async fn route(mut parked: Parked, take: CancellationToken) -> Parked {
+    loop {
+        let Some(router) = parked.router.as_mut() else {
+            take.cancelled().await;
+            return parked;
+        };
+        let notification = tokio::select! {
+            () = take.cancelled() => return parked,
+            notification = router.rx.next() => notification,
+        };
+        if let Err(error) = handle_notification(&mut parked, notification).await {
+            tracing::warn!(%error, "a stored session lost its router link");
+            parked.router = None;
+        }
     }
 }
 
