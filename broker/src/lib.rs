@@ -123,9 +123,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // Stored sessions with subscriptions keep a router link too: as many again.
     let router = EmbeddedRouter::spawn(config.mqtt.max_connections * 2);
     let sessions = Sessions::default();
-    let wills = Wills::start(&router, producer.clone(), routes.clone(), sessions.clone())
-        .await
-        .context("opening the router link for wills")?;
+    let retained = Arc::new(link::retained::Retained::default());
+    let wills = Wills::start(
+        &router,
+        producer.clone(),
+        routes.clone(),
+        sessions.clone(),
+        retained.clone(),
+    )
+    .await
+    .context("opening the router link for wills")?;
     let context = Arc::new(LinkContext {
         config: config.link_config(),
         router,
@@ -135,6 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         wills,
         shutdown: shutdown.clone(),
         qos0_budget: Arc::new(tokio::sync::Semaphore::new(link::QOS0_BUDGET)),
+        retained,
     });
 
     let accept_shutdown = shutdown.clone();

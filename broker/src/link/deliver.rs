@@ -10,10 +10,19 @@ use rumqttd::protocol::{
     SubscribeProperties, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Forward;
+use std::time::SystemTime;
 
 use super::outbox::Acked;
-use super::subscriptions::split_shared;
+use super::subscriptions::{split_shared, Options, RetainHandling};
 use super::{End, Link};
+
+/// Retained messages owed for one SUBSCRIBE, sent after its SUBACK.
+pub struct RetainedDue {
+    pkid: u16,
+    /// The filters (as subscribed) whose retained messages are owed.
+    filters: Vec<(String, Options)>,
+    subscription_id: Option<usize>,
+}
 
 /// Packet id of the gateway's own SUBSCRIBE and UNSUBSCRIBE towards the router:
 /// never a device's, which are non-zero [MQTT-2.2.1-3].
@@ -105,10 +114,50 @@ impl Link {
                 ));
             }
         }
+        let mut due = RetainedDue {
+            pkid: subscribe.pkid,
+            filters: Vec::new(),
+            subscription_id: properties.as_ref().and_then(|p| p.id),
+        };
         for filter in &subscribe.filters {
-            self.session.subscriptions.subscribe(filter);
+            let new = self.session.subscriptions.subscribe(filter);
+            let Some(options) = self.session.subscriptions.get(&filter.path) else {
+                continue;
+            };
+            // [MQTT-3.3.1-9]/[MQTT-3.8.4-4]: by Retain Handling; never for a
+            // shared subscription [MQTT-4.8.2].
+            let send = !options.shared
+                && match options.retain_handling {
+                    RetainHandling::OnSubscribe => true,
+                    RetainHandling::OnNewSubscription => new,
+                    RetainHandling::Never => false,
+                };
+            if send {
+                due.filters.push((filter.path.clone(), options.clone()));
+            }
+        }
+        if !due.filters.is_empty() {
+            self.retained_due.push(due);
         }
         self.relay(Packet::Subscribe(subscribe, properties))
+    }
+
+    /// Queues the retained messages owed for the SUBSCRIBE `pkid`, once its
+    /// SUBACK is on its way: they follow it, as the subscription they belong
+    /// to exists only from then on.
+    pub(super) fn send_retained(&mut self, pkid: u16) -> Result<(), End> {
+        let Some(at) = self.retained_due.iter().position(|d| d.pkid == pkid) else {
+            return Ok(());
+        };
+        let due = self.retained_due.remove(at);
+        let now = SystemTime::now();
+        for (filter, options) in &due.filters {
+            for message in self.ctx.retained.matching(filter, now) {
+                self.session
+                    .accept_retained(&message, options, due.subscription_id);
+            }
+        }
+        self.settle()
     }
 
     /// Answers UNSUBSCRIBE from the gateway's own table (the router sends no

@@ -16,6 +16,7 @@ use tributary_bridge::{DeliveryError, MqttPublish, PendingDelivery, Record};
 use super::codec::{self, Version};
 use super::gate::Released;
 use super::origin::Origin;
+use super::retained::RetainedMessage;
 use super::{valid_topic_name, End, Link, LinkContext, TOPIC_ALIAS_MAX};
 use crate::events;
 
@@ -27,6 +28,8 @@ pub(super) enum Ticket {
         qos: u8,
         publish: Box<Publish>,
         properties: Option<PublishProperties>,
+        /// What to store if it is a retained publish.
+        retained: Option<Box<RetainedMessage>>,
     },
     /// A re-sent QoS 2 publish still awaiting PUBREL: PUBREC again, nothing else.
     Repeat { pkid: u16 },
@@ -88,9 +91,20 @@ impl Link {
             payload: publish.payload.clone(),
         };
         let deliveries = produce(&self.ctx, &message).await;
-        let routed = Publish::new(publish.topic, publish.payload, meta.retain);
-        // What the router forgets travels with the message (see `outgoing`).
-        let properties = Origin::now(meta.qos, meta.retain, &self.client_id).attach(properties);
+        // What the router forgets travels with the message (see `origin`).
+        let origin = Origin::now(meta.qos, meta.retain, &self.client_id);
+        let properties = origin.attach(properties);
+        let retained = meta.retain.then(|| {
+            Box::new(RetainedMessage {
+                topic: publish.topic.clone(),
+                payload: publish.payload.clone(),
+                properties: properties.clone(),
+                origin,
+            })
+        });
+        // Retained messages are the gateway's (see `retained`): the router is
+        // given every publish as a plain one.
+        let routed = Publish::new(publish.topic, publish.payload, false);
         match meta.qos {
             0 => {
                 // Nothing to acknowledge: Kafka and subscribers get it at once.
@@ -105,6 +119,9 @@ impl Link {
                         drop(permit);
                     }));
                 }
+                if let Some(retained) = retained {
+                    self.ctx.retained.update(*retained);
+                }
                 self.relay(Packet::Publish(routed, properties))
             }
             qos => {
@@ -118,6 +135,7 @@ impl Link {
                     qos,
                     publish: Box::new(routed),
                     properties,
+                    retained,
                 };
                 self.gate.push(ticket, received, deliveries);
                 Ok(())
@@ -164,7 +182,8 @@ impl Link {
                 qos,
                 publish,
                 properties,
-            } => (pkid, qos, Some((*publish, properties))),
+                retained,
+            } => (pkid, qos, Some((*publish, properties, retained))),
             Ticket::Repeat { pkid } => (pkid, 2, None),
         };
         if qos == 1 {
@@ -172,7 +191,10 @@ impl Link {
         }
         match outcome {
             Ok(()) => {
-                if let Some((publish, properties)) = routed {
+                if let Some((publish, properties, retained)) = routed {
+                    if let Some(retained) = retained {
+                        self.ctx.retained.update(*retained);
+                    }
                     self.relay(Packet::Publish(publish, properties))?;
                 }
                 self.write_ack(qos, pkid, None);

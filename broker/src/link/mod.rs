@@ -14,6 +14,7 @@ pub mod gate;
 mod incoming;
 pub mod origin;
 pub mod outbox;
+pub mod retained;
 pub mod session;
 pub mod sessions;
 pub mod subscriptions;
@@ -87,6 +88,7 @@ pub struct LinkContext {
     pub shutdown: CancellationToken,
     /// Permits for QoS 0 records awaiting Kafka ([`QOS0_BUDGET`]).
     pub qos0_budget: Arc<Semaphore>,
+    pub retained: Arc<retained::Retained>,
 }
 
 /// A valid PUBLISH topic name: non-empty, no wildcards, no NUL [MQTT-4.7.3].
@@ -210,6 +212,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
                 .and_then(|p| p.receive_maximum)
                 .map_or(usize::from(u16::MAX), usize::from),
         },
+        retained_due: Vec::new(),
         expiry,
         disconnect_expiry: None,
         to_router: Vec::new(),
@@ -316,6 +319,8 @@ struct Link {
     session: Session,
     /// QoS 1/2 messages the client accepts unacknowledged (its Receive Maximum).
     client_window: usize,
+    /// Retained messages owed for SUBSCRIBEs the router has not yet answered.
+    retained_due: Vec<deliver::RetainedDue>,
     expiry: Expiry,
     /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
     disconnect_expiry: Option<u32>,
@@ -519,6 +524,11 @@ impl Link {
                 // the gateway's own SUBSCRIBEs (packet id 0) by nobody.
                 Packet::UnsubAck(..) => {}
                 Packet::SubAck(ack, _) if ack.pkid == deliver::OWN_PKID => {}
+                Packet::SubAck(ack, properties) => {
+                    let pkid = ack.pkid;
+                    self.write(Packet::SubAck(ack, properties));
+                    self.send_retained(pkid)?;
+                }
                 packet => self.write(packet),
             },
             Ok(Some(Notification::Unschedule)) => {

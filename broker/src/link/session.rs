@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::BytesMut;
-use rumqttd::protocol::{Packet, PubAck, PubAckReason, PubRec, PubRecReason};
+use rumqttd::protocol::{
+    Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish, PublishProperties,
+};
 use rumqttd::Forward;
 
-use super::codec::{next_frame, Version};
+use super::codec::{next_frame, Frame, PublishMeta, Version};
 use super::origin::Origin;
 use super::outbox::{reencode, Outbox, Queued};
-use super::subscriptions::{RetainHandling, Subscriptions};
+use super::retained::RetainedMessage;
+use super::subscriptions::{Options, Subscriptions};
 use crate::events;
 
 pub struct Session {
@@ -46,33 +49,12 @@ impl Session {
     /// owed at once, since the message is now the session's.
     /// `connected` is false while the device is away: QoS 0 is then dropped.
     pub fn accept(&mut self, forward: Forward, connected: bool) -> Option<Packet> {
-        // The router marks a retained message sent at subscribe by having no
-        // log cursor for it.
-        let retained_at_subscribe = forward.cursor.is_none();
         let mut properties = forward.properties;
         let origin = Origin::detach(&mut properties);
         let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
+        let subscriptions: Vec<_> = self.subscriptions.matching(&topic).cloned().collect();
 
-        let mut skip = None;
-        if let (Some(origin), Some(props)) = (&origin, properties.as_mut()) {
-            match origin.remaining_expiry(props.message_expiry_interval, SystemTime::now()) {
-                Some(0) => skip = Some("expired"),
-                Some(left) => props.message_expiry_interval = Some(left),
-                None => {}
-            }
-        }
-
-        let mut encoded = BytesMut::new();
-        let frame = self
-            .version
-            .encode(Packet::Publish(forward.publish, properties), &mut encoded)
-            .ok()
-            .and_then(|()| next_frame(&mut encoded, usize::MAX).ok().flatten());
-        let meta = frame.as_ref().and_then(|f| f.publish_meta());
-        let (Some(frame), Some(meta)) = (frame, meta) else {
-            tracing::error!("cannot encode a message for the device");
-            return None;
-        };
+        let (frame, meta) = self.encode(forward.publish, properties, origin.as_ref())?;
         let router_ack = match meta.qos {
             0 => None,
             1 => Some(Packet::PubAck(
@@ -90,69 +72,150 @@ impl Session {
                 None,
             )),
         };
-
-        let subscriptions: Vec<_> = self.subscriptions.matching(&topic).collect();
-        if let Some(origin) = &origin {
-            // [MQTT-3.8.3-3]: No Local never sends a client its own messages.
-            if origin.client_id == *self.client_id
-                && !subscriptions.is_empty()
-                && subscriptions.iter().all(|s| s.no_local && !s.shared)
-            {
-                skip = skip.or(Some("no_local"));
-            }
-        }
-        if retained_at_subscribe
-            && !subscriptions.is_empty()
-            && subscriptions
-                .iter()
-                .all(|s| s.retain_handling == RetainHandling::Never)
-        {
-            skip = skip.or(Some("retain_handling"));
-        }
         // [MQTT-3.3.4-2]: overlapping subscriptions deliver at the highest QoS
-        // granted; [MQTT-3.8.4-8]: never above the publisher's.
+        // granted.
         let granted = subscriptions
             .iter()
             .map(|s| s.qos)
             .max()
             .unwrap_or(meta.qos);
-        let qos = origin.as_ref().map_or(granted, |o| o.qos.min(granted));
-        if qos == 0 && !connected {
-            // A session whose device is away keeps QoS 1/2 messages only.
-            skip = skip.or(Some("qos0_while_away"));
-        }
-        if !connected && self.outbox.is_full() {
-            skip = skip.or(Some("session_queue_full"));
-        }
-        let retain = if retained_at_subscribe {
-            true
-        } else {
-            // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: live messages carry the retain
-            // flag only for Retain As Published subscriptions.
-            origin.as_ref().is_some_and(|o| o.retain)
-                && subscriptions.iter().any(|s| s.retain_as_published)
-                && self.version == Version::V5
+        // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: live messages carry the retain flag
+        // only for Retain As Published subscriptions.
+        let retain = origin.as_ref().is_some_and(|o| o.retain)
+            && subscriptions.iter().any(|s| s.retain_as_published)
+            && self.version == Version::V5;
+        let delivery = Delivery {
+            frame,
+            origin: origin.as_ref(),
+            granted,
+            retain,
+            no_local: !subscriptions.is_empty()
+                && subscriptions.iter().all(|s| s.no_local && !s.shared),
+            connected,
         };
+        self.queue(delivery);
+        router_ack
+    }
+
+    /// Queues a retained message for a subscription just made with `options`
+    /// (and its MQTT 5 Subscription Identifier).
+    pub fn accept_retained(
+        &mut self,
+        message: &RetainedMessage,
+        options: &Options,
+        subscription_id: Option<usize>,
+    ) {
+        let mut properties = message.properties.clone();
+        let origin = Origin::detach(&mut properties);
+        if let Some(id) = subscription_id {
+            properties
+                .get_or_insert_with(PublishProperties::default)
+                .subscription_identifiers = vec![id];
+        }
+        let publish = Publish::new(message.topic.clone(), message.payload.clone(), true);
+        let Some((frame, _)) = self.encode(publish, properties, origin.as_ref()) else {
+            return;
+        };
+        let delivery = Delivery {
+            frame,
+            origin: origin.as_ref(),
+            granted: options.qos,
+            retain: true,
+            no_local: options.no_local,
+            connected: true,
+        };
+        self.queue(delivery);
+    }
+
+    /// Encodes a message for this device, with the Message Expiry Interval it
+    /// has left [MQTT-3.3.2-6]; `None` once it has expired.
+    fn encode(
+        &self,
+        publish: Publish,
+        mut properties: Option<PublishProperties>,
+        origin: Option<&Origin>,
+    ) -> Option<(Frame, PublishMeta)> {
+        if let (Some(origin), Some(props)) = (origin, properties.as_mut()) {
+            match origin.remaining_expiry(props.message_expiry_interval, SystemTime::now()) {
+                Some(0) => {
+                    events::DeliverySkipped { reason: "expired" }.emit();
+                    return None;
+                }
+                Some(left) => props.message_expiry_interval = Some(left),
+                None => {}
+            }
+        }
+        let mut encoded = BytesMut::new();
+        let frame = self
+            .version
+            .encode(Packet::Publish(publish, properties), &mut encoded)
+            .ok()
+            .and_then(|()| next_frame(&mut encoded, usize::MAX).ok().flatten());
+        let meta = frame.as_ref().and_then(|f| f.publish_meta());
+        match (frame, meta) {
+            (Some(frame), Some(meta)) => Some((frame, meta)),
+            _ => {
+                tracing::error!("cannot encode a message for the device");
+                None
+            }
+        }
+    }
+
+    /// Decides one delivery and queues it, or counts why not.
+    fn queue(&mut self, delivery: Delivery<'_>) {
+        let Delivery {
+            frame,
+            origin,
+            granted,
+            retain,
+            no_local,
+            connected,
+        } = delivery;
+        let Some(meta) = frame.publish_meta() else {
+            return;
+        };
+        // [MQTT-3.8.4-8]: never above the publisher's QoS.
+        let qos = origin.map_or(granted, |o| o.qos.min(granted));
+        let header = frame.fixed_header_len();
         let queued = if qos == meta.qos && retain == meta.retain && !meta.dup {
-            let header = frame.fixed_header_len();
             let topic_len = u16::from_be_bytes([frame.bytes[header], frame.bytes[header + 1]]);
-            let pkid_at = header + 2 + usize::from(topic_len);
             Queued {
+                pkid_at: header + 2 + usize::from(topic_len),
                 frame: frame.bytes,
                 qos,
-                pkid_at,
             }
         } else {
-            reencode(&frame.bytes, frame.fixed_header_len(), qos, retain)
+            reencode(&frame.bytes, header, qos, retain)
         };
-        if queued.frame.len() > self.client_max_packet_size {
+        let skip = if no_local && origin.is_some_and(|o| o.client_id == *self.client_id) {
+            // [MQTT-3.8.3-3]: No Local never sends a client its own messages.
+            Some("no_local")
+        } else if qos == 0 && !connected {
+            // A session whose device is away keeps QoS 1/2 messages only.
+            Some("qos0_while_away")
+        } else if !connected && self.outbox.is_full() {
+            Some("session_queue_full")
+        } else if queued.frame.len() > self.client_max_packet_size {
             // [MQTT-3.1.2-25]: never send a client more than it accepts.
-            skip = skip.or(Some("too_large_for_client"));
-        }
+            Some("too_large_for_client")
+        } else {
+            None
+        };
         match skip {
             Some(reason) => events::DeliverySkipped { reason }.emit(),
             None => self.outbox.queue(queued),
         }
-        router_ack
     }
+}
+
+/// One message for this session's device, before its QoS is settled.
+struct Delivery<'a> {
+    frame: Frame,
+    origin: Option<&'a Origin>,
+    /// The highest QoS granted by the matching subscriptions.
+    granted: u8,
+    retain: bool,
+    /// Every matching subscription has No Local.
+    no_local: bool,
+    connected: bool,
 }

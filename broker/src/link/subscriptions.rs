@@ -68,6 +68,11 @@ impl Subscriptions {
             .is_none()
     }
 
+    /// The options of the subscription `path` (as subscribed).
+    pub fn get(&self, path: &str) -> Option<&Options> {
+        self.by_filter.get(path)
+    }
+
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&mut self, path: &str) -> bool {
         self.by_filter.remove(path).is_some()
@@ -125,7 +130,7 @@ impl Subscriptions {
 
 /// MQTT topic matching, with `$` topics not matched by leading wildcards
 /// [MQTT-4.7.2-1].
-fn matches_filter(topic: &str, filter: &str) -> bool {
+pub fn matches_filter(topic: &str, filter: &str) -> bool {
     if topic.starts_with('$') {
         if filter.starts_with('+') || filter.starts_with('#') {
             return false;

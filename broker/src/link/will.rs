@@ -17,6 +17,7 @@ use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
 
 use crate::events;
 use crate::link::origin::Origin;
+use crate::link::retained::{Retained, RetainedMessage};
 use crate::link::sessions::Sessions;
 use crate::router::{self, EmbeddedRouter, RESERVED_CLIENT_PREFIX};
 
@@ -73,6 +74,7 @@ pub struct Wills {
     producer: Producer,
     routes: Arc<RouteTable>,
     sessions: Sessions,
+    retained: Arc<Retained>,
 }
 
 impl Wills {
@@ -82,6 +84,7 @@ impl Wills {
         producer: Producer,
         routes: Arc<RouteTable>,
         sessions: Sessions,
+        retained: Arc<Retained>,
     ) -> anyhow::Result<Wills> {
         let link = router
             .connect(format!("{RESERVED_CLIENT_PREFIX}_wills"))
@@ -92,6 +95,7 @@ impl Wills {
             producer,
             routes,
             sessions,
+            retained,
         })
     }
 
@@ -138,8 +142,18 @@ impl Wills {
                 .emit();
             }
         }
-        let publish = Publish::new(will.topic, will.payload, will.retain);
-        let properties = Origin::now(will.qos, will.retain, client_id).attach(will.properties);
+        let origin = Origin::now(will.qos, will.retain, client_id);
+        let properties = origin.attach(will.properties);
+        if will.retain {
+            self.retained.update(RetainedMessage {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                properties: properties.clone(),
+                origin,
+            });
+        }
+        // Retained messages are the gateway's (see `retained`).
+        let publish = Publish::new(will.topic, will.payload, false);
         let sent = {
             let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
             router::send(&mut tx, Packet::Publish(publish, properties))

@@ -182,3 +182,78 @@ async fn unsuback_says_whether_the_subscription_existed() {
         .await;
     assert!(client.next_publish(QUIET).await.is_none());
 }
+
+/// [MQTT-3.8.4-3]: a re-subscribe with Retain Handling 0 gets the retained
+/// messages again; Retain Handling 1 gets them only for a new subscription.
+#[tokio::test]
+async fn resubscribing_sends_retained_messages_again_only_with_handling_0() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let (mut publisher, _) = Client::connect(addr, "resub-pub").await;
+    publisher
+        .publish(
+            "resub/x",
+            QoS::AtLeastOnce,
+            true,
+            b"kept",
+            PublishProperties::default(),
+        )
+        .await;
+    let (mut sub, _) = Client::connect(addr, "resub-sub").await;
+    for rule in [
+        RetainForwardRule::OnEverySubscribe,
+        RetainForwardRule::OnEverySubscribe,
+    ] {
+        sub.subscribe(with_options("resub/x", false, false, rule))
+            .await;
+        let got = sub.next_publish(WAIT).await.expect("retained at subscribe");
+        assert_eq!(got.payload, Bytes::from_static(b"kept"));
+        assert!(got.retain);
+    }
+    sub.subscribe(with_options(
+        "resub/x",
+        false,
+        false,
+        RetainForwardRule::OnNewSubscribe,
+    ))
+    .await;
+    assert!(
+        sub.next_publish(QUIET).await.is_none(),
+        "handling 1: not for an existing subscription"
+    );
+    sub.subscribe(with_options(
+        "resub/+",
+        false,
+        false,
+        RetainForwardRule::OnNewSubscribe,
+    ))
+    .await;
+    assert!(
+        sub.next_publish(WAIT).await.is_some(),
+        "handling 1: sent for a new subscription"
+    );
+}
+
+/// Only a *retained* zero-length publish deletes the retained message
+/// [MQTT-3.3.1-10]; a plain empty one is just a message.
+#[tokio::test]
+async fn a_plain_empty_publish_leaves_the_retained_message_alone() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let (mut publisher, _) = Client::connect(addr, "empty-pub").await;
+    for (retain, payload) in [(true, &b"kept"[..]), (false, &b""[..])] {
+        publisher
+            .publish(
+                "empty/x",
+                QoS::AtLeastOnce,
+                retain,
+                payload,
+                PublishProperties::default(),
+            )
+            .await;
+    }
+    let (mut late, _) = Client::connect(addr, "empty-late").await;
+    late.subscribe(filter("empty/x", QoS::AtLeastOnce)).await;
+    let got = late.next_publish(WAIT).await.expect("still retained");
+    assert_eq!(got.payload, Bytes::from_static(b"kept"));
+}
