@@ -269,6 +269,21 @@ impl DeliverySkipped {
     }
 }
 
+/// Messages of shared subscriptions given to another member of the group
+/// because the first left without acknowledging them.
+pub const SHARES_HANDED_OFF_TOTAL: &str = "tributary_shares_handed_off_total";
+
+pub struct SharesHandedOff {
+    pub count: usize,
+}
+
+impl SharesHandedOff {
+    pub fn emit(self) {
+        tracing::debug!(count = self.count, "shares handed to other group members");
+        metrics::counter!(SHARES_HANDED_OFF_TOTAL).increment(self.count as u64);
+    }
+}
+
 /// Sessions that expired and were removed from the router.
 pub const SESSIONS_EXPIRED_TOTAL: &str = "tributary_sessions_expired_total";
 

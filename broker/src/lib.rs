@@ -143,6 +143,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         shutdown: shutdown.clone(),
         qos0_budget: Arc::new(tokio::sync::Semaphore::new(link::QOS0_BUDGET)),
         retained,
+        shares: Arc::default(),
     });
 
     let accept_shutdown = shutdown.clone();

@@ -13,6 +13,7 @@ use rumqttd::Forward;
 use std::time::SystemTime;
 
 use super::outbox::Acked;
+use super::shares::Handoff;
 use super::subscriptions::{split_shared, Options, RetainHandling};
 use super::{End, Link};
 
@@ -139,7 +140,26 @@ impl Link {
         if !due.filters.is_empty() {
             self.retained_due.push(due);
         }
+        for filter in &subscribe.filters {
+            if split_shared(&filter.path).1 {
+                self.ctx
+                    .shares
+                    .join(&filter.path, self.member_id, self.handoff_tx.clone());
+            }
+        }
         self.relay(Packet::Subscribe(subscribe, properties))
+    }
+
+    /// A share another member left unacknowledged: this client's now, if it
+    /// still has the subscription; else on to another member.
+    pub(super) fn handle_handoff(&mut self, handoff: Handoff) -> Result<(), End> {
+        match self.session.subscriptions.get(&handoff.filter).cloned() {
+            Some(options) => self.session.accept_handoff(handoff, &options, true),
+            None => {
+                let _ = self.ctx.shares.hand_off(handoff, self.member_id);
+            }
+        }
+        self.settle()
     }
 
     /// Queues the retained messages owed for the SUBSCRIBE `pkid`, once its
@@ -169,6 +189,7 @@ impl Link {
             .iter()
             .map(|path| {
                 if self.session.subscriptions.unsubscribe(path) {
+                    self.ctx.shares.leave(path, self.member_id);
                     existing.push(path.clone());
                     UnsubAckReason::Success
                 } else {

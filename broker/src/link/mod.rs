@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod retained;
 pub mod session;
 pub mod sessions;
+pub mod shares;
 pub mod subscriptions;
 pub mod will;
 
@@ -37,6 +38,7 @@ use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tributary_bridge::{Producer, RouteTable};
@@ -48,6 +50,7 @@ use gate::Gate;
 use incoming::Ticket;
 use session::Session;
 use sessions::{Expiry, Parked, Registration, Sessions};
+use shares::Handoff;
 use will::{Will, Wills};
 
 /// Topic aliases a MQTT 5 client may use towards Tributary (announced in CONNACK).
@@ -89,6 +92,7 @@ pub struct LinkContext {
     /// Permits for QoS 0 records awaiting Kafka ([`QOS0_BUDGET`]).
     pub qos0_budget: Arc<Semaphore>,
     pub retained: Arc<retained::Retained>,
+    pub shares: Arc<shares::Shares>,
 }
 
 /// A valid PUBLISH topic name: non-empty, no wildcards, no NUL [MQTT-4.7.3].
@@ -185,6 +189,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
     };
 
     let properties = connect.properties.as_ref();
+    let (handoff_tx, handoff_rx) = unbounded_channel();
     let mut session = session;
     session.client_max_packet_size = properties
         .and_then(|p| p.max_packet_size)
@@ -213,6 +218,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
                 .map_or(usize::from(u16::MAX), usize::from),
         },
         retained_due: Vec::new(),
+        member_id: registration.generation(),
+        handoff_tx,
+        handoff_rx,
         expiry,
         disconnect_expiry: None,
         to_router: Vec::new(),
@@ -321,6 +329,10 @@ struct Link {
     client_window: usize,
     /// Retained messages owed for SUBSCRIBEs the router has not yet answered.
     retained_due: Vec<deliver::RetainedDue>,
+    /// This connection as a member of shared subscriptions (see `shares`).
+    member_id: u64,
+    handoff_tx: UnboundedSender<Handoff>,
+    handoff_rx: UnboundedReceiver<Handoff>,
     expiry: Expiry,
     /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
     disconnect_expiry: Option<u32>,
@@ -396,6 +408,11 @@ impl Link {
                     }
                 }
                 Some(_) = self.qos0.next(), if !self.qos0.is_empty() => {}
+                Some(handoff) = self.handoff_rx.recv() => {
+                    if let Err(end) = self.handle_handoff(handoff) {
+                        return end;
+                    }
+                }
                 // Reading stopped on the shared QoS 0 budget: look again shortly.
                 // (The guard must be the very value `can_read` was computed
                 // from, or a budget freed in between leaves nothing to wake us;
@@ -602,9 +619,12 @@ impl Link {
             ctx,
             mut session,
             mut router,
+            member_id,
+            handoff_rx,
             ..
         } = self;
         let router_alive = end != End::RouterGone;
+        hand_off_shares(&ctx, member_id, &mut session, handoff_rx);
         // On takeover the new connection decides the session's fate; it takes
         // it over at once.
         let keep_for = match (end, expiry) {
@@ -663,6 +683,11 @@ impl Link {
             );
             let _ = version.encode(pubrel, out);
         });
+        for path in self.session.subscriptions.shared_paths() {
+            self.ctx
+                .shares
+                .join(path, self.member_id, self.handoff_tx.clone());
+        }
         let filters = if router_resumed {
             self.session.subscriptions.shared_filters()
         } else {
@@ -682,6 +707,50 @@ impl Link {
 /// How long a session that ends at disconnect is kept for the connection that
 /// took it over.
 const TAKEN_OVER_KEPT: Duration = Duration::from_secs(10);
+
+/// Leaves every shared subscription's group, and gives another member what
+/// this connection got through them and the device did not acknowledge; a
+/// stored session keeps what no one else could take.
+fn hand_off_shares(
+    ctx: &LinkContext,
+    member_id: u64,
+    session: &mut Session,
+    mut handoff_rx: UnboundedReceiver<Handoff>,
+) {
+    for path in session.subscriptions.shared_paths() {
+        ctx.shares.leave(path, member_id);
+    }
+    handoff_rx.close();
+    while let Ok(handoff) = handoff_rx.try_recv() {
+        if let Err(handoff) = ctx.shares.hand_off(handoff, member_id) {
+            if let Some(options) = session.subscriptions.get(&handoff.filter).cloned() {
+                session.accept_handoff(handoff, &options, false);
+            }
+        }
+    }
+    let version = session.version;
+    let handed = session.outbox.hand_off_shares(|share, frame| {
+        let mut bytes = BytesMut::from(frame);
+        let Ok(Packet::Publish(publish, mut properties)) = version.decode(&mut bytes) else {
+            return false;
+        };
+        if let Some(properties) = properties.as_mut() {
+            // They were this member's; the next gets its own.
+            properties.subscription_identifiers.clear();
+        }
+        let handoff = Handoff {
+            filter: share.filter.clone(),
+            qos: share.qos,
+            topic: publish.topic,
+            payload: publish.payload,
+            properties: properties.map(Box::new),
+        };
+        ctx.shares.hand_off(handoff, member_id).is_ok()
+    });
+    if handed > 0 {
+        events::SharesHandedOff { count: handed }.emit();
+    }
+}
 
 fn ended(end: End, registration: Registration) {
     events::ConnectionEnded {

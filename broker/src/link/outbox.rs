@@ -9,6 +9,7 @@
 //! beyond the device's Receive Maximum.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -24,6 +25,18 @@ pub struct Queued {
     pub qos: u8,
     /// Offset of the two packet id bytes in `frame` (QoS 1/2 only).
     pub pkid_at: usize,
+    /// Set when it came through a shared subscription.
+    pub share: Option<Arc<Share>>,
+}
+
+/// The shared subscription a message came through, so that another member of
+/// the group can have it if this one leaves without acknowledging it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Share {
+    /// The subscription as made: `$share/{group}/{filter}`.
+    pub filter: Arc<str>,
+    /// The publisher's QoS.
+    pub qos: u8,
 }
 
 /// Where a sent QoS 1/2 message is in its acknowledgement flow.
@@ -41,6 +54,7 @@ struct InFlight {
     qos: u8,
     stage: Stage,
     frame: Bytes,
+    share: Option<Arc<Share>>,
 }
 
 /// What the device acknowledged, as the outbox saw it.
@@ -98,6 +112,7 @@ impl Outbox {
             mut frame,
             qos,
             pkid_at,
+            share,
         } = self.queued.pop_front().expect("front exists");
         if qos == 0 {
             return Some(frame.freeze());
@@ -111,6 +126,7 @@ impl Outbox {
             qos,
             stage: Stage::Published,
             frame: frame.clone(),
+            share,
         });
         Some(frame)
     }
@@ -177,6 +193,27 @@ impl Outbox {
         true
     }
 
+    /// Gives up the QoS 1/2 messages that came through shared subscriptions
+    /// and that the device has not acknowledged (PUBREC counts: the device has
+    /// a QoS 2 message then), as far as `hand_off` takes them (it returns
+    /// whether another member did).
+    pub fn hand_off_shares(&mut self, mut hand_off: impl FnMut(&Share, &[u8]) -> bool) -> usize {
+        let before = self.queued.len() + self.in_flight.len();
+        self.queued.retain(|q| match &q.share {
+            Some(share) if q.qos > 0 => !hand_off(share, &q.frame),
+            _ => true,
+        });
+        let ids = &mut self.in_flight_ids;
+        self.in_flight.retain(|m| match &m.share {
+            Some(share) if m.stage == Stage::Published && hand_off(share, &m.frame) => {
+                ids.remove(&m.pkid);
+                false
+            }
+            _ => true,
+        });
+        before - self.queued.len() - self.in_flight.len()
+    }
+
     /// Everything the device had not acknowledged when its last connection
     /// ended, in the original order: PUBLISH again with DUP set, or PUBREL
     /// (`encode_pubrel` writes one for a packet id) [MQTT-4.4.0-1].
@@ -223,6 +260,7 @@ pub fn reencode(frame: &[u8], fixed_header_len: usize, qos: u8, retain: bool) ->
         frame: out,
         qos,
         pkid_at,
+        share: None,
     }
 }
 

@@ -19,8 +19,9 @@ use rumqttd::Forward;
 
 use super::codec::{next_frame, Frame, PublishMeta, Version};
 use super::origin::Origin;
-use super::outbox::{reencode, Outbox, Queued};
+use super::outbox::{reencode, Outbox, Queued, Share};
 use super::retained::RetainedMessage;
+use super::shares::Handoff;
 use super::subscriptions::{Options, Subscriptions};
 use crate::events;
 
@@ -52,7 +53,16 @@ impl Session {
         let mut properties = forward.properties;
         let origin = Origin::detach(&mut properties);
         let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-        let subscriptions: Vec<_> = self.subscriptions.matching(&topic).cloned().collect();
+        let matching: Vec<_> = self.subscriptions.matching(&topic).collect();
+        // A message that came through shared subscriptions only is a share,
+        // which another member may take over (see `shares`).
+        let share = (!matching.is_empty() && matching.iter().all(|(_, o)| o.shared)).then(|| {
+            Arc::new(Share {
+                filter: matching[0].0.into(),
+                qos: origin.as_ref().map_or(2, |o| o.qos),
+            })
+        });
+        let subscriptions: Vec<Options> = matching.into_iter().map(|(_, o)| o.clone()).collect();
 
         let (frame, meta) = self.encode(forward.publish, properties, origin.as_ref())?;
         let router_ack = match meta.qos {
@@ -92,9 +102,33 @@ impl Session {
             no_local: !subscriptions.is_empty()
                 && subscriptions.iter().all(|s| s.no_local && !s.shared),
             connected,
+            share,
         };
         self.queue(delivery);
         router_ack
+    }
+
+    /// Queues a share another member of the shared subscription left
+    /// unacknowledged; `options` are this client's for that subscription.
+    pub fn accept_handoff(&mut self, handoff: Handoff, options: &Options, connected: bool) {
+        let publish = Publish::new(handoff.topic, handoff.payload, false);
+        let properties = handoff.properties.map(|p| *p);
+        let Some((frame, _)) = self.encode(publish, properties, None) else {
+            return;
+        };
+        let delivery = Delivery {
+            frame,
+            origin: None,
+            granted: options.qos.min(handoff.qos),
+            retain: false,
+            no_local: false,
+            connected,
+            share: Some(Arc::new(Share {
+                filter: handoff.filter,
+                qos: handoff.qos,
+            })),
+        };
+        self.queue(delivery);
     }
 
     /// Queues a retained message for a subscription just made with `options`
@@ -123,6 +157,7 @@ impl Session {
             retain: true,
             no_local: options.no_local,
             connected: true,
+            share: None,
         };
         self.queue(delivery);
     }
@@ -170,6 +205,7 @@ impl Session {
             retain,
             no_local,
             connected,
+            share,
         } = delivery;
         let Some(meta) = frame.publish_meta() else {
             return;
@@ -177,16 +213,18 @@ impl Session {
         // [MQTT-3.8.4-8]: never above the publisher's QoS.
         let qos = origin.map_or(granted, |o| o.qos.min(granted));
         let header = frame.fixed_header_len();
-        let queued = if qos == meta.qos && retain == meta.retain && !meta.dup {
+        let mut queued = if qos == meta.qos && retain == meta.retain && !meta.dup {
             let topic_len = u16::from_be_bytes([frame.bytes[header], frame.bytes[header + 1]]);
             Queued {
                 pkid_at: header + 2 + usize::from(topic_len),
                 frame: frame.bytes,
                 qos,
+                share: None,
             }
         } else {
             reencode(&frame.bytes, header, qos, retain)
         };
+        queued.share = share;
         let skip = if no_local && origin.is_some_and(|o| o.client_id == *self.client_id) {
             // [MQTT-3.8.3-3]: No Local never sends a client its own messages.
             Some("no_local")
@@ -218,4 +256,5 @@ struct Delivery<'a> {
     /// Every matching subscription has No Local.
     no_local: bool,
     connected: bool,
+    share: Option<Arc<Share>>,
 }

@@ -432,6 +432,11 @@ impl Registration {
     pub fn client_id(&self) -> &Arc<str> {
         &self.client_id
     }
+
+    /// Unique among every connection ever registered.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 impl Drop for Registration {

@@ -119,12 +119,24 @@ impl Subscriptions {
             .collect()
     }
 
-    /// The options of every subscription matching `topic`.
-    pub fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Options> + 'a {
+    /// Every subscription matching `topic`: its path as subscribed, and its
+    /// options.
+    pub fn matching<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Options)> + 'a {
         self.by_filter.iter().filter_map(move |(path, options)| {
             let (filter, _) = split_shared(path);
-            matches_filter(topic, filter).then_some(options)
+            matches_filter(topic, filter).then_some((path.as_str(), options))
         })
+    }
+
+    /// The paths of the shared subscriptions.
+    pub fn shared_paths(&self) -> impl Iterator<Item = &str> {
+        self.by_filter
+            .iter()
+            .filter(|(_, o)| o.shared)
+            .map(|(path, _)| path.as_str())
     }
 }
 
@@ -168,7 +180,7 @@ mod tests {
         assert!(!subs.subscribe(&filter("a/+", true)), "re-subscribe");
         assert_eq!(subs.matching("a/b").count(), 3);
         assert_eq!(subs.matching("a/b/c").count(), 1);
-        assert!(subs.matching("a/b").any(|o| o.shared));
+        assert!(subs.matching("a/b").any(|(_, o)| o.shared));
         assert!(subs.unsubscribe("a/+"));
         assert!(!subs.unsubscribe("a/+"));
         assert_eq!(subs.matching("a/b").count(), 2);

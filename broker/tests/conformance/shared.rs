@@ -95,3 +95,48 @@ async fn a_persistent_session_gets_what_was_published_while_it_was_away() {
     assert_eq!(session_present, Some(true));
     assert!(got.contains(&Bytes::from_static(b"while away")));
 }
+
+/// [MQTT-4.8.2]: a share the chosen member leaves without acknowledging goes
+/// to another member of the group.
+#[tokio::test]
+async fn a_share_left_unacknowledged_goes_to_another_member() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let manual = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_manual_acks(true);
+    };
+    let (mut a, _) = Client::connect_with(addr, "handoff-a", manual).await;
+    a.subscribe(filter("$share/h/ho/#", QoS::AtLeastOnce)).await;
+    let (mut b, _) = Client::connect_with(addr, "handoff-b", manual).await;
+    b.subscribe(filter("$share/h/ho/#", QoS::AtLeastOnce)).await;
+    let (mut publisher, _) = Client::connect(addr, "handoff-pub").await;
+    publisher
+        .publish(
+            "ho/x",
+            QoS::AtLeastOnce,
+            false,
+            b"one of you",
+            PublishProperties::default(),
+        )
+        .await;
+    // Whoever got it leaves without acknowledging it.
+    let (first, mut other) = match a.next_publish(QUIET).await {
+        Some(_) => (a, b),
+        None => {
+            assert!(b.next_publish(WAIT).await.is_some(), "one member got it");
+            (b, a)
+        }
+    };
+    assert!(
+        other.next_publish(QUIET).await.is_none(),
+        "only one member got it"
+    );
+    drop(first);
+    let got = other
+        .next_publish(WAIT)
+        .await
+        .expect("handed to the other member");
+    assert_eq!(got.payload, Bytes::from_static(b"one of you"));
+    assert_eq!(got.qos, QoS::AtLeastOnce);
+    assert!(crate::common::metric(&server, "tributary_shares_handed_off_total").await >= 1.0);
+}
