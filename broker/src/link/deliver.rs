@@ -121,7 +121,10 @@ impl Link {
             subscription_id: properties.as_ref().and_then(|p| p.id),
         };
         for filter in &subscribe.filters {
-            let new = self.session.subscriptions.subscribe(filter);
+            let new = self
+                .session
+                .subscriptions
+                .subscribe(filter, due.subscription_id);
             let Some(options) = self.session.subscriptions.get(&filter.path) else {
                 continue;
             };

@@ -7,6 +7,7 @@
 //! device can forge it), and stripped from every message before a device sees
 //! it (see `session`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttd::protocol::PublishProperties;
@@ -23,8 +24,14 @@ pub struct Origin {
     pub retain: bool,
     /// When Tributary received it, in milliseconds since the Unix epoch.
     pub received_ms: u64,
+    /// Unique per message in this process: the router sends a client one
+    /// copy per matching subscription, and the copies share it.
+    pub id: u64,
     pub client_id: String,
 }
+
+/// Source of [`Origin::id`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Origin {
     pub fn now(qos: u8, retain: bool, client_id: &str) -> Origin {
@@ -32,23 +39,26 @@ impl Origin {
             qos,
             retain,
             received_ms: unix_ms(SystemTime::now()),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             client_id: client_id.to_owned(),
         }
     }
 
     fn encode(&self) -> String {
         format!(
-            "{}{}|{}|{}",
+            "{}{}|{}|{}|{}",
             self.qos,
             u8::from(self.retain),
             self.received_ms,
+            self.id,
             self.client_id
         )
     }
 
     fn decode(value: &str) -> Option<Origin> {
         let (flags, rest) = value.split_once('|')?;
-        let (received, client_id) = rest.split_once('|')?;
+        let (received, rest) = rest.split_once('|')?;
+        let (id, client_id) = rest.split_once('|')?;
         let flags = flags.as_bytes();
         if flags.len() != 2 {
             return None;
@@ -57,6 +67,7 @@ impl Origin {
             qos: flags[0].checked_sub(b'0').filter(|q| *q <= 2)?,
             retain: flags[1] == b'1',
             received_ms: received.parse().ok()?,
+            id: id.parse().ok()?,
             client_id: client_id.to_owned(),
         })
     }
@@ -112,6 +123,7 @@ mod tests {
             qos: 1,
             retain: true,
             received_ms: 1_700_000_000_123,
+            id: 7,
             client_id: "dev|42".into(),
         };
         let user = ("k".to_owned(), "v".to_owned());
@@ -137,6 +149,7 @@ mod tests {
             qos: 0,
             retain: false,
             received_ms: 10_000,
+            id: 1,
             client_id: String::new(),
         };
         let at = |ms| UNIX_EPOCH + Duration::from_millis(ms);

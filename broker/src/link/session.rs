@@ -8,6 +8,7 @@
 //! gateway carries through the router in a private property ([`Origin`]) and
 //! strips here. It never passes that property on to a device.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -32,6 +33,41 @@ pub struct Session {
     pub outbox: Outbox,
     /// The client's Maximum Packet Size (MQTT 5), else unlimited.
     pub client_max_packet_size: usize,
+    copies: Copies,
+}
+
+/// Messages of which the router has more copies to send this session (one
+/// per overlapping subscription), so that the device gets only the first.
+#[derive(Default)]
+struct Copies {
+    /// Message id and copies still to come; oldest first, bounded (a copy the
+    /// router never sends must not hold memory forever).
+    expected: VecDeque<(u64, usize)>,
+}
+
+/// Messages [`Copies`] remembers at most.
+const MAX_EXPECTED_COPIES: usize = 1024;
+
+impl Copies {
+    /// Whether this is the first of `copies` copies of message `id`.
+    fn first_of(&mut self, id: u64, copies: usize) -> bool {
+        match self.expected.iter().position(|(seen, _)| *seen == id) {
+            Some(at) => {
+                self.expected[at].1 -= 1;
+                if self.expected[at].1 == 0 {
+                    self.expected.remove(at);
+                }
+                false
+            }
+            None => {
+                if self.expected.len() == MAX_EXPECTED_COPIES {
+                    self.expected.pop_front();
+                }
+                self.expected.push_back((id, copies - 1));
+                true
+            }
+        }
+    }
 }
 
 impl Session {
@@ -42,6 +78,7 @@ impl Session {
             subscriptions: Subscriptions::default(),
             outbox: Outbox::default(),
             client_max_packet_size: usize::MAX,
+            copies: Copies::default(),
         }
     }
 
@@ -53,16 +90,35 @@ impl Session {
         let mut properties = forward.properties;
         let origin = Origin::detach(&mut properties);
         let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-        let matching: Vec<_> = self.subscriptions.matching(&topic).collect();
+        let (shared, plain): (Vec<_>, Vec<_>) = self
+            .subscriptions
+            .matching(&topic)
+            .partition(|(_, o)| o.shared);
         // A message that came through shared subscriptions only is a share,
         // which another member may take over (see `shares`).
-        let share = (!matching.is_empty() && matching.iter().all(|(_, o)| o.shared)).then(|| {
+        let share = (plain.is_empty() && !shared.is_empty()).then(|| {
             Arc::new(Share {
-                filter: matching[0].0.into(),
+                filter: shared[0].0.into(),
                 qos: origin.as_ref().map_or(2, |o| o.qos),
             })
         });
-        let subscriptions: Vec<Options> = matching.into_iter().map(|(_, o)| o.clone()).collect();
+        let subscriptions: Vec<Options> = match share {
+            Some(_) => shared,
+            None => plain,
+        }
+        .into_iter()
+        .map(|(_, o)| o.clone())
+        .collect();
+        // [MQTT-3.3.4-3]: one copy carries every matching Subscription
+        // Identifier (the router sent its filter's only).
+        let mut ids: Vec<usize> = subscriptions.iter().filter_map(|s| s.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() || properties.is_some() {
+            properties
+                .get_or_insert_with(PublishProperties::default)
+                .subscription_identifiers = ids;
+        }
 
         let (frame, meta) = self.encode(forward.publish, properties, origin.as_ref())?;
         let router_ack = match meta.qos {
@@ -82,6 +138,15 @@ impl Session {
                 None,
             )),
         };
+        if share.is_none() && subscriptions.len() > 1 {
+            if let Some(origin) = &origin {
+                if !self.copies.first_of(origin.id, subscriptions.len()) {
+                    // The router sends one copy per matching subscription;
+                    // the device gets one [MQTT-3.3.4-2].
+                    return router_ack;
+                }
+            }
+        }
         // [MQTT-3.3.4-2]: overlapping subscriptions deliver at the highest QoS
         // granted.
         let granted = subscriptions

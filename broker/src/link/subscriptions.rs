@@ -18,6 +18,8 @@ pub struct Options {
     pub retain_handling: RetainHandling,
     /// A shared subscription (`$share/group/filter`) receives only its share.
     pub shared: bool,
+    /// MQTT 5 Subscription Identifier [MQTT-3.8.2.1.2].
+    pub id: Option<usize>,
 }
 
 /// MQTT 5 Retain Handling [MQTT-3.8.3.1].
@@ -49,8 +51,9 @@ pub fn split_shared(path: &str) -> (&str, bool) {
 }
 
 impl Subscriptions {
-    /// Records a subscription; returns true when it did not exist before.
-    pub fn subscribe(&mut self, filter: &Filter) -> bool {
+    /// Records a subscription (with the SUBSCRIBE's Subscription Identifier);
+    /// returns true when it did not exist before.
+    pub fn subscribe(&mut self, filter: &Filter, id: Option<usize>) -> bool {
         let (_, shared) = split_shared(&filter.path);
         let options = Options {
             qos: filter.qos as u8,
@@ -62,6 +65,7 @@ impl Subscriptions {
                 RetainForwardRule::Never => RetainHandling::Never,
             },
             shared,
+            id,
         };
         self.by_filter
             .insert(filter.path.clone(), options)
@@ -174,10 +178,10 @@ mod tests {
     #[test]
     fn matching_finds_every_overlapping_subscription() {
         let mut subs = Subscriptions::default();
-        assert!(subs.subscribe(&filter("a/#", true)));
-        assert!(subs.subscribe(&filter("a/+", false)));
-        assert!(subs.subscribe(&filter("$share/g/a/b", false)));
-        assert!(!subs.subscribe(&filter("a/+", true)), "re-subscribe");
+        assert!(subs.subscribe(&filter("a/#", true), None));
+        assert!(subs.subscribe(&filter("a/+", false), None));
+        assert!(subs.subscribe(&filter("$share/g/a/b", false), None));
+        assert!(!subs.subscribe(&filter("a/+", true), None), "re-subscribe");
         assert_eq!(subs.matching("a/b").count(), 3);
         assert_eq!(subs.matching("a/b/c").count(), 1);
         assert!(subs.matching("a/b").any(|(_, o)| o.shared));
@@ -189,8 +193,8 @@ mod tests {
     #[test]
     fn system_topics_need_a_literal_first_level() {
         let mut subs = Subscriptions::default();
-        subs.subscribe(&filter("#", false));
-        subs.subscribe(&filter("$SYS/+", false));
+        subs.subscribe(&filter("#", false), None);
+        subs.subscribe(&filter("$SYS/+", false), None);
         assert_eq!(subs.matching("$SYS/x").count(), 1);
         assert_eq!(subs.matching("$SYS/x/y").count(), 0);
     }
