@@ -82,6 +82,11 @@ impl Session {
         }
     }
 
+    /// Nothing to keep but its existence: no subscriptions, nothing owed.
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions.is_empty() && self.outbox.is_empty()
+    }
+
     /// Takes one message the router forwards: queues it for the device as MQTT
     /// requires (or not at all), and returns the acknowledgement the router is
     /// owed at once, since the message is now the session's.

@@ -88,6 +88,9 @@ enum Keeper {
     /// Nothing routes to the session: it waits here, a few hundred bytes
     /// (boxed, so the registry's empty slots stay small).
     Waiting(Box<Parked>),
+    /// No subscriptions, nothing owed: only that the session exists (for
+    /// Session Present) is kept. Most devices that only publish are this.
+    Empty(Version),
     /// A task queues what the router sends it; cancelling `take` hands the
     /// session back.
     Routing {
@@ -219,6 +222,7 @@ impl Sessions {
                 let task = tokio::spawn(route(parked, take.clone()));
                 Keeper::Routing { take, task }
             }
+            None if parked.session.is_empty() => Keeper::Empty(parked.session.version),
             None => Keeper::Waiting(Box::new(parked)),
         };
         let stored = Stored {
@@ -240,14 +244,15 @@ impl Sessions {
     pub async fn take(&self, client_id: &str) -> Option<Parked> {
         let stored = {
             let mut inner = self.lock();
-            let stored = inner.stored.remove(client_id)?;
+            let (client_id, stored) = inner.stored.remove_entry(client_id)?;
             if let Some(key) = stored.expires {
                 inner.expiries.try_remove(&key);
             }
             inner.shrink();
-            stored
+            (client_id, stored)
         };
-        stored.keeper.take().await
+        let (client_id, stored) = stored;
+        stored.keeper.take(client_id).await
     }
 
     /// Sessions stored for devices that are away.
@@ -306,9 +311,13 @@ async fn reap(sessions: Sessions) {
 }
 
 impl Keeper {
-    async fn take(self) -> Option<Parked> {
+    async fn take(self, client_id: Arc<str>) -> Option<Parked> {
         match self {
             Keeper::Waiting(parked) => Some(*parked),
+            Keeper::Empty(version) => Some(Parked {
+                session: Session::new(client_id, version),
+                router: None,
+            }),
             Keeper::Routing { take, task } => {
                 take.cancel();
                 task.await.ok()
@@ -318,12 +327,15 @@ impl Keeper {
 
     /// Ends the session: whatever it still held for the device is dropped.
     async fn end(self) {
-        if let Some(Parked {
-            router: Some(router),
-            ..
-        }) = self.take().await
-        {
-            router.leave();
+        if let Keeper::Routing { take, task } = self {
+            take.cancel();
+            if let Ok(Parked {
+                router: Some(router),
+                ..
+            }) = task.await
+            {
+                router.leave();
+            }
         }
     }
 }
