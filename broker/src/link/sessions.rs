@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use rumqttd::local::LinkError;
 use rumqttd::protocol::{Packet, PubComp, PubCompReason};
 use rumqttd::Notification;
 use tokio::task::JoinHandle;
@@ -28,7 +27,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use super::codec::Version;
 use super::session::Session;
 use crate::events;
-use crate::router::{self, RouterLink};
+use crate::router::{self, RouterGone, RouterLink};
 
 /// How long a new connection waits for the one it takes over to leave.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -255,11 +254,6 @@ impl Sessions {
         stored.keeper.take(client_id).await
     }
 
-    /// Sessions stored for devices that are away.
-    pub fn stored(&self) -> usize {
-        self.lock().stored.len()
-    }
-
     /// Ends the stored session `client_id` if it is still the one that
     /// expired (not taken back, not replaced, meanwhile).
     async fn expire(&self, client_id: Arc<str>, generation: u64) {
@@ -352,7 +346,11 @@ async fn route(mut parked: Parked, take: CancellationToken) -> Parked {
             () = take.cancelled() => return parked,
             notification = router.rx.next() => notification,
         };
-        if let Err(error) = handle_notification(&mut parked, notification).await {
+        let handled = match notification {
+            Ok(notification) => handle_notification(&mut parked, notification).await,
+            Err(_) => Err(RouterGone),
+        };
+        if let Err(error) = handled {
             tracing::warn!(%error, "a stored session lost its router link");
             parked.router = None;
         }
@@ -363,12 +361,12 @@ async fn route(mut parked: Parked, take: CancellationToken) -> Parked {
 /// acknowledge them; nothing goes to a device.
 async fn handle_notification(
     parked: &mut Parked,
-    notification: Result<Option<Notification>, LinkError>,
-) -> Result<(), LinkError> {
+    notification: Option<Notification>,
+) -> Result<(), RouterGone> {
     let Some(router) = parked.router.as_mut() else {
         return Ok(());
     };
-    let reply = match notification? {
+    let reply = match notification {
         Some(Notification::Forward(forward)) => parked.session.accept(forward, false),
         Some(Notification::DeviceAck(ack)) => match Packet::from(ack) {
             Packet::PubRel(pubrel, _) => Some(Packet::PubComp(
@@ -381,13 +379,13 @@ async fn handle_notification(
             _ => None,
         },
         Some(Notification::Unschedule) => {
-            router.rx.wake().await?;
+            router.rx.wake().await.map_err(|_| RouterGone)?;
             None
         }
         _ => None,
     };
     if let Some(reply) = reply {
-        router::send_batch(&mut router.tx, vec![reply]).map_err(|_| LinkError::NotConnectionAck)?;
+        router::send_batch(&mut router.tx, vec![reply])?;
     }
     Ok(())
 }
