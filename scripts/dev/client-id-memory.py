@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Memory of a broker process before and after N distinct client ids connect once.
 
-Each client connects (MQTT 3.1.1), gets its CONNACK, sends DISCONNECT and
-closes. Reads the server's RSS from /proc/<pid>/status.
+Each client connects (MQTT 3.1.1, or MQTT 5 with --v5-expiry), gets its
+CONNACK, sends DISCONNECT and closes. Reads the server's RSS from
+/proc/<pid>/status. With --warmup, that many other clients connect first and
+the "before" figure is taken after them: the idle RSS of a broker that has
+served traffic, without the one-time cost of its first connections.
 
   scripts/dev/client-id-memory.py --pid $(pgrep -f 'tributary --config') --clients 100000
+  scripts/dev/client-id-memory.py --pid ... --persistent --v5-expiry 10 --settle 30 --warmup 100
 """
 import argparse
 import socket
@@ -45,15 +49,28 @@ def main():
     parser.add_argument(
         "--settle", type=float, default=2.0, help="seconds to wait before measuring"
     )
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="clients to connect before measuring 'before'"
+    )
     args = parser.parse_args()
+    cold = rss_kib(args.pid)
+
+    def connect_all(prefix, count):
+        for i in range(count):
+            with socket.create_connection(("127.0.0.1", args.port)) as s:
+                s.sendall(connect_packet(f"{prefix}-{i}", not args.persistent, args.v5_expiry))
+                connack = s.recv(64)
+                assert connack[0] == 0x20 and connack[3] == 0, connack
+                s.sendall(b"\xe0\x00")
+
+    if args.warmup:
+        connect_all("memwarm", args.warmup)
+        time.sleep(args.settle)
+        print(f"idle {cold / 1024:.1f} MiB at start, {rss_kib(args.pid) / 1024:.1f} MiB "
+              f"after {args.warmup} warm-up clients")
     before = rss_kib(args.pid)
     start = time.time()
-    for i in range(args.clients):
-        with socket.create_connection(("127.0.0.1", args.port)) as s:
-            s.sendall(connect_packet(f"memtest-{i}", not args.persistent, args.v5_expiry))
-            connack = s.recv(64)
-            assert connack[0] == 0x20 and connack[3] == 0, connack
-            s.sendall(b"\xe0\x00")
+    connect_all("memtest", args.clients)
     time.sleep(args.settle)
     after = rss_kib(args.pid)
     print(
