@@ -117,3 +117,42 @@ async fn an_expired_session_is_removed() {
         .await
         .is_none());
 }
+
+/// While the device is away its session keeps at most 1,000 QoS 1/2 messages
+/// (Tributary's limit, see README *Limits*); what does not fit is counted,
+/// and what was kept arrives in order on resume.
+#[tokio::test]
+async fn a_stored_session_keeps_up_to_its_limit_and_counts_the_rest() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    subscribe_and_leave(addr, "s-full", 60, "full/x").await;
+    let (mut publisher, _) = Client::connect(addr, "full-pub").await;
+    for n in 0..1010u32 {
+        publisher
+            .publish(
+                "full/x",
+                QoS::AtLeastOnce,
+                false,
+                &n.to_be_bytes(),
+                PublishProperties::default(),
+            )
+            .await;
+    }
+    let (mut back, connack) = Client::connect_with(addr, "s-full", resume(60)).await;
+    assert!(connack.session_present);
+    let mut got = Vec::new();
+    while let Some(p) = back.next_publish(Duration::from_millis(1500)).await {
+        got.push(u32::from_be_bytes(p.payload[..].try_into().unwrap()));
+    }
+    assert_eq!(
+        got,
+        (0..1000).collect::<Vec<u32>>(),
+        "the first 1,000, in order"
+    );
+    let dropped = metric(
+        &server,
+        "tributary_mqtt_deliveries_skipped_total{reason=\"session_queue_full\"}",
+    )
+    .await;
+    assert_eq!(dropped, 10.0);
+}
