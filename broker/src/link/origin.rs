@@ -107,7 +107,7 @@ impl Origin {
     }
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64

@@ -10,6 +10,10 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::origin::unix_ms;
+use crate::events;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -27,6 +31,86 @@ pub struct Queued {
     pub pkid_at: usize,
     /// Set when it came through a shared subscription.
     pub share: Option<Arc<Share>>,
+    /// Set when it has a Message Expiry Interval (see [`Queued::expiring`]).
+    pub expires: Option<Expires>,
+}
+
+/// When a queued message expires, and where its Message Expiry Interval is
+/// in the frame, to be brought up to date when it is finally sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expires {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Offset of the property's four-byte value.
+    pub offset: usize,
+}
+
+impl Queued {
+    /// Notes the Message Expiry Interval of an MQTT 5 PUBLISH frame, counted
+    /// from `now_ms`, so a message that waits in the outbox (for the device's
+    /// Receive Maximum, or while it is away) is never sent expired, nor with
+    /// an interval that no longer holds [MQTT-3.3.2-5], [MQTT-3.3.2-6].
+    pub fn expiring(mut self, now_ms: u64) -> Queued {
+        let start = self.pkid_at + if self.qos > 0 { 2 } else { 0 };
+        if let Some(offset) = expiry_offset(&self.frame, start) {
+            let left =
+                u32::from_be_bytes(self.frame[offset..offset + 4].try_into().expect("4 bytes"));
+            self.expires = Some(Expires {
+                at_ms: now_ms + u64::from(left) * 1000,
+                offset,
+            });
+        }
+        self
+    }
+}
+
+/// Offset of the Message Expiry Interval value in the properties of an MQTT 5
+/// PUBLISH that start at `start` [MQTT-3.3.2.3].
+fn expiry_offset(frame: &[u8], start: usize) -> Option<usize> {
+    let (len, mut at) = read_varint(frame, start)?;
+    let end = at.checked_add(len)?;
+    if end > frame.len() {
+        return None;
+    }
+    while at < end {
+        let (id, next) = read_varint(frame, at)?;
+        at = next;
+        at += match id {
+            0x02 => return (at + 4 <= end).then_some(at),
+            0x01 => 1,
+            0x23 => 2,
+            0x0B => read_varint(frame, at)?.1 - at,
+            0x08 | 0x09 | 0x03 => {
+                2 + usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
+            }
+            0x26 => {
+                let key =
+                    2 + usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+                let value_at = at + key;
+                key + 2
+                    + usize::from(u16::from_be_bytes([
+                        *frame.get(value_at)?,
+                        *frame.get(value_at + 1)?,
+                    ]))
+            }
+            _ => return None,
+        };
+    }
+    None
+}
+
+/// A variable byte integer at `at`: its value and the offset after it.
+fn read_varint(frame: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for shift in [0, 7, 14, 21] {
+        let byte = *frame.get(at)?;
+        at += 1;
+        value |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
 }
 
 /// The shared subscription a message came through, so that another member of
@@ -104,16 +188,31 @@ impl Outbox {
     /// The next message to send, if `window` (the device's Receive Maximum)
     /// allows it, with its packet id assigned.
     pub fn next(&mut self, window: usize) -> Option<Bytes> {
-        let front = self.queued.front()?;
-        if front.qos > 0 && self.in_flight.len() >= window {
-            return None;
-        }
         let Queued {
             mut frame,
             qos,
             pkid_at,
             share,
-        } = self.queued.pop_front().expect("front exists");
+            ..
+        } = loop {
+            let front = self.queued.front()?;
+            if front.qos > 0 && self.in_flight.len() >= window {
+                return None;
+            }
+            let queued = self.queued.pop_front().expect("front exists");
+            let Some(expires) = queued.expires else {
+                break queued;
+            };
+            let now = unix_ms(SystemTime::now());
+            if now >= expires.at_ms {
+                events::DeliverySkipped { reason: "expired" }.emit();
+                continue;
+            }
+            let mut queued = queued;
+            let left = u32::try_from((expires.at_ms - now).div_ceil(1000)).unwrap_or(u32::MAX);
+            queued.frame[expires.offset..expires.offset + 4].copy_from_slice(&left.to_be_bytes());
+            break queued;
+        };
         if qos == 0 {
             return Some(frame.freeze());
         }
@@ -261,6 +360,7 @@ pub fn reencode(frame: &[u8], fixed_header_len: usize, qos: u8, retain: bool) ->
         qos,
         pkid_at,
         share: None,
+        expires: None,
     }
 }
 
@@ -352,5 +452,44 @@ mod tests {
             assert!(outbox.puback(pkid) && pkid != 1);
         }
         assert_eq!(outbox.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_queued_message_is_sent_with_the_expiry_it_has_left_or_not_at_all() {
+        use rumqttd::protocol::{Packet, Publish, PublishProperties};
+
+        let properties = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(10),
+            user_properties: vec![("k".into(), "v".into())],
+            content_type: Some("text/plain".into()),
+            ..PublishProperties::default()
+        };
+        let mut encoded = BytesMut::new();
+        crate::link::codec::Version::V5
+            .encode(
+                Packet::Publish(Publish::new("a/b", "hi", false), Some(properties)),
+                &mut encoded,
+            )
+            .unwrap();
+        let queued = reencode(&encoded, 2, 1, false).expiring(1_000_000);
+        let expires = queued.expires.expect("found the interval");
+        assert_eq!(expires.at_ms, 1_010_000);
+        assert_eq!(
+            &queued.frame[expires.offset..expires.offset + 4],
+            &[0, 0, 0, 10]
+        );
+
+        let mut outbox = Outbox::default();
+        let now = unix_ms(SystemTime::now());
+        let mut fresh = reencode(&encoded, 2, 1, false).expiring(now - 4_000);
+        let offset = fresh.expires.unwrap().offset;
+        outbox.queue(fresh);
+        fresh = reencode(&encoded, 2, 1, false).expiring(now - 11_000);
+        outbox.queue(fresh);
+        let sent = outbox.next(10).expect("the first has 6 s left");
+        assert_eq!(&sent[offset..offset + 4], &[0, 0, 0, 6]);
+        assert!(outbox.next(10).is_none(), "the second has expired");
+        assert_eq!(outbox.in_flight(), 1, "only the first was sent");
     }
 }

@@ -19,7 +19,7 @@ use rumqttd::protocol::{
 use rumqttd::Forward;
 
 use super::codec::{next_frame, Frame, PublishMeta, Version};
-use super::origin::Origin;
+use super::origin::{unix_ms, Origin};
 use super::outbox::{reencode, Outbox, Queued, Share};
 use super::retained::RetainedMessage;
 use super::shares::Handoff;
@@ -125,7 +125,7 @@ impl Session {
                 .subscription_identifiers = ids;
         }
 
-        let (frame, meta) = self.encode(forward.publish, properties, origin.as_ref())?;
+        let (frame, meta, expired) = self.encode(forward.publish, properties, origin.as_ref())?;
         let router_ack = match meta.qos {
             0 => None,
             1 => Some(Packet::PubAck(
@@ -143,6 +143,9 @@ impl Session {
                 None,
             )),
         };
+        if expired {
+            return router_ack;
+        }
         if share.is_none() && subscriptions.len() > 1 {
             if let Some(origin) = &origin {
                 if !self.copies.first_of(origin.id, subscriptions.len()) {
@@ -183,7 +186,7 @@ impl Session {
     pub fn accept_handoff(&mut self, handoff: Handoff, options: &Options, connected: bool) {
         let publish = Publish::new(handoff.topic, handoff.payload, false);
         let properties = handoff.properties.map(|p| *p);
-        let Some((frame, _)) = self.encode(publish, properties, None) else {
+        let Some((frame, _, false)) = self.encode(publish, properties, None) else {
             return;
         };
         let delivery = Delivery {
@@ -217,7 +220,7 @@ impl Session {
                 .subscription_identifiers = vec![id];
         }
         let publish = Publish::new(message.topic.clone(), message.payload.clone(), true);
-        let Some((frame, _)) = self.encode(publish, properties, origin.as_ref()) else {
+        let Some((frame, _, false)) = self.encode(publish, properties, origin.as_ref()) else {
             return;
         };
         let delivery = Delivery {
@@ -233,18 +236,20 @@ impl Session {
     }
 
     /// Encodes a message for this device, with the Message Expiry Interval it
-    /// has left [MQTT-3.3.2-6]; `None` once it has expired.
+    /// has left [MQTT-3.3.2-6]; the flag says it has expired (and must not be
+    /// sent, though the router may still be owed its acknowledgement).
     fn encode(
         &self,
         publish: Publish,
         mut properties: Option<PublishProperties>,
         origin: Option<&Origin>,
-    ) -> Option<(Frame, PublishMeta)> {
+    ) -> Option<(Frame, PublishMeta, bool)> {
+        let mut expired = false;
         if let (Some(origin), Some(props)) = (origin, properties.as_mut()) {
             match origin.remaining_expiry(props.message_expiry_interval, SystemTime::now()) {
                 Some(0) => {
                     events::DeliverySkipped { reason: "expired" }.emit();
-                    return None;
+                    expired = true;
                 }
                 Some(left) => props.message_expiry_interval = Some(left),
                 None => {}
@@ -258,7 +263,7 @@ impl Session {
             .and_then(|()| next_frame(&mut encoded, usize::MAX).ok().flatten());
         let meta = frame.as_ref().and_then(|f| f.publish_meta());
         match (frame, meta) {
-            (Some(frame), Some(meta)) => Some((frame, meta)),
+            (Some(frame), Some(meta)) => Some((frame, meta, expired)),
             _ => {
                 tracing::error!("cannot encode a message for the device");
                 None
@@ -290,11 +295,15 @@ impl Session {
                 frame: frame.bytes,
                 qos,
                 share: None,
+                expires: None,
             }
         } else {
             reencode(&frame.bytes, header, qos, retain)
         };
         queued.share = share;
+        if self.version == Version::V5 {
+            queued = queued.expiring(unix_ms(SystemTime::now()));
+        }
         let skip = if no_local && origin.is_some_and(|o| o.client_id == *self.client_id) {
             // [MQTT-3.8.3-3]: No Local never sends a client its own messages.
             Some("no_local")

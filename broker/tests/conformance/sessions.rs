@@ -10,7 +10,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::MqttOptions;
 
 use crate::common::{metric, Raw};
-use crate::{broker, filter, Client, WAIT};
+use crate::{broker, filter, Client, QUIET, WAIT};
 
 fn resume(expiry: u32) -> impl FnOnce(&mut MqttOptions) {
     move |o: &mut MqttOptions| {
@@ -155,4 +155,38 @@ async fn a_stored_session_keeps_up_to_its_limit_and_counts_the_rest() {
     )
     .await;
     assert_eq!(dropped, 10.0);
+}
+
+/// [MQTT-3.3.2-5]/[MQTT-3.3.2-6]: a message that expires while its session's
+/// device is away is not delivered on resume; one that has not arrives with
+/// the interval it has left.
+#[tokio::test]
+async fn messages_kept_while_away_expire_there() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    subscribe_and_leave(addr, "s-exp", 60, "awayexp/x").await;
+    let (mut publisher, _) = Client::connect(addr, "awayexp-pub").await;
+    for (payload, secs) in [(&b"short"[..], 1), (&b"long"[..], 60)] {
+        let properties = PublishProperties {
+            message_expiry_interval: Some(secs),
+            ..PublishProperties::default()
+        };
+        publisher
+            .publish("awayexp/x", QoS::AtLeastOnce, false, payload, properties)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let (mut back, connack) = Client::connect_with(addr, "s-exp", resume(60)).await;
+    assert!(connack.session_present);
+    let got = back
+        .next_publish(WAIT)
+        .await
+        .expect("the long-lived message");
+    assert_eq!(got.payload, Bytes::from_static(b"long"));
+    let left = got.properties.and_then(|p| p.message_expiry_interval);
+    assert!(matches!(left, Some(56..=58)), "the interval left: {left:?}");
+    assert!(
+        back.next_publish(QUIET).await.is_none(),
+        "the expired one is gone"
+    );
 }
