@@ -633,7 +633,8 @@ impl Link {
                 router.leave();
                 return ended(end, registration);
             }
-            (_, expiry) => expiry.keep_for(),
+            (_, Expiry::After(after)) => Some(after),
+            (_, Expiry::Never) => None,
         };
         let dropped = session.outbox.drop_qos0();
         for _ in 0..dropped {

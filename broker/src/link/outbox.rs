@@ -46,6 +46,18 @@ pub struct Expires {
 }
 
 impl Queued {
+    /// A PUBLISH `frame` already encoded at `qos`, queued as it is.
+    pub fn as_encoded(frame: BytesMut, fixed_header_len: usize, qos: u8) -> Queued {
+        let topic_len = u16::from_be_bytes([frame[fixed_header_len], frame[fixed_header_len + 1]]);
+        Queued {
+            pkid_at: fixed_header_len + 2 + usize::from(topic_len),
+            frame,
+            qos,
+            share: None,
+            expires: None,
+        }
+    }
+
     /// Notes the Message Expiry Interval of an MQTT 5 PUBLISH frame, counted
     /// from `now_ms`, so a message that waits in the outbox (for the device's
     /// Receive Maximum, or while it is away) is never sent expired, nor with

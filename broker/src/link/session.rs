@@ -289,14 +289,7 @@ impl Session {
         let qos = origin.map_or(granted, |o| o.qos.min(granted));
         let header = frame.fixed_header_len();
         let mut queued = if qos == meta.qos && retain == meta.retain && !meta.dup {
-            let topic_len = u16::from_be_bytes([frame.bytes[header], frame.bytes[header + 1]]);
-            Queued {
-                pkid_at: header + 2 + usize::from(topic_len),
-                frame: frame.bytes,
-                qos,
-                share: None,
-                expires: None,
-            }
+            Queued::as_encoded(frame.bytes, header, qos)
         } else {
             reencode(&frame.bytes, header, qos, retain)
         };

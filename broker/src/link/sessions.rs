@@ -420,15 +420,6 @@ impl Expiry {
         }
     }
 
-    /// How long a stored session is kept; `None` for ever.
-    pub fn keep_for(self) -> Option<Duration> {
-        match self {
-            Expiry::After(after) => Some(after),
-            Expiry::AtDisconnect => Some(Duration::ZERO),
-            Expiry::Never => None,
-        }
-    }
-
     pub fn from_interval(seconds: u32) -> Expiry {
         match seconds {
             0 => Expiry::AtDisconnect,
