@@ -15,7 +15,7 @@ pub mod route;
 pub use config::KafkaConfig;
 pub use health::{spawn_metadata_probe, KafkaHealth};
 pub use problems::{Problem, Problems};
-pub use producer::{Delivered, DeliveryError, PendingDelivery, Producer};
+pub use producer::{Delivered, DeliveryError, DeliveryFailure, PendingDelivery, Producer};
 pub use record::{MqttPublish, Record};
 pub use route::{KeySource, Route, RouteConfig, RouteTable};
 

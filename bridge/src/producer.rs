@@ -53,36 +53,86 @@ pub enum DeliveryError {
     Canceled,
 }
 
-impl DeliveryError {
-    /// A short, bounded label for metrics and MQTT reason mapping.
-    pub fn reason(&self) -> &'static str {
-        let code = match self {
-            DeliveryError::QueueFull(_) => return "queue_full",
-            DeliveryError::Canceled => return "canceled",
-            DeliveryError::Rejected(code) | DeliveryError::NotQueued(code) => *code,
-        };
-        match code {
-            RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut => "timeout",
-            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => {
-                "message_too_large"
-            }
-            RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed => "not_authorized",
-            RDKafkaErrorCode::UnknownTopicOrPartition
-            | RDKafkaErrorCode::UnknownTopic
-            | RDKafkaErrorCode::UnknownPartition
-            | RDKafkaErrorCode::InvalidTopic => "unknown_topic",
-            RDKafkaErrorCode::QueueFull => "queue_full",
-            _ => "kafka_error",
+/// What kind of failure a [`DeliveryError`] is: the one outcome type the
+/// gateway matches on, from which the metric label, the MQTT reason code and
+/// "may succeed later" are derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryFailure {
+    /// Kafka did not answer in time (`delivery_timeout_ms`, a request timeout).
+    Timeout,
+    /// The record is larger than Kafka accepts.
+    MessageTooLarge,
+    /// Kafka's ACLs refuse the topic.
+    NotAuthorized,
+    /// The topic (or partition) does not exist.
+    UnknownTopic,
+    /// The producer's local queue stayed full.
+    QueueFull,
+    /// The producer stopped before reporting (shutdown).
+    Canceled,
+    /// Any other error Kafka or librdkafka reported.
+    Kafka,
+}
+
+impl DeliveryFailure {
+    /// A short, bounded label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeliveryFailure::Timeout => "timeout",
+            DeliveryFailure::MessageTooLarge => "message_too_large",
+            DeliveryFailure::NotAuthorized => "not_authorized",
+            DeliveryFailure::UnknownTopic => "unknown_topic",
+            DeliveryFailure::QueueFull => "queue_full",
+            DeliveryFailure::Canceled => "canceled",
+            DeliveryFailure::Kafka => "kafka_error",
         }
     }
 
     /// True when sending the same record again later may succeed.
-    pub fn is_transient(&self) -> bool {
+    pub fn is_transient(self) -> bool {
         !matches!(
-            self.reason(),
-            "message_too_large" | "not_authorized" | "unknown_topic"
+            self,
+            DeliveryFailure::MessageTooLarge
+                | DeliveryFailure::NotAuthorized
+                | DeliveryFailure::UnknownTopic
         )
+    }
+}
+
+impl DeliveryError {
+    /// The kind of failure, from Kafka's error code.
+    pub fn failure(&self) -> DeliveryFailure {
+        let code = match self {
+            DeliveryError::QueueFull(_) => return DeliveryFailure::QueueFull,
+            DeliveryError::Canceled => return DeliveryFailure::Canceled,
+            DeliveryError::Rejected(code) | DeliveryError::NotQueued(code) => *code,
+        };
+        match code {
+            RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut => {
+                DeliveryFailure::Timeout
+            }
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => {
+                DeliveryFailure::MessageTooLarge
+            }
+            RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed => DeliveryFailure::NotAuthorized,
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::InvalidTopic => DeliveryFailure::UnknownTopic,
+            RDKafkaErrorCode::QueueFull => DeliveryFailure::QueueFull,
+            _ => DeliveryFailure::Kafka,
+        }
+    }
+
+    /// The failure's metric label (see [`DeliveryFailure::label`]).
+    pub fn reason(&self) -> &'static str {
+        self.failure().label()
+    }
+
+    /// True when sending the same record again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.failure().is_transient()
     }
 }
 

@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 128;
+/// Longest keep-alive a client may ask for, in seconds (MQTT's own maximum).
+pub const DEFAULT_MAX_KEEP_ALIVE: u16 = u16::MAX;
 /// The largest packet MQTT can frame (remaining length 268,435,455 plus header).
 const MQTT_MAX_PACKET_SIZE: usize = 268_435_460;
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
@@ -72,6 +74,12 @@ pub struct MqttConfig {
     /// MQTT 5 clients as Receive Maximum). When the window is full Tributary stops
     /// reading that connection until Kafka catches up.
     pub receive_maximum: u16,
+    /// Longest keep-alive interval a client may ask for, in seconds (like
+    /// Mosquitto's `max_keepalive`). A client asking for more, or for 0 (no
+    /// keep-alive), gets this one: MQTT 5 clients are told so in CONNACK
+    /// (Server Keep Alive); MQTT 3.1.1 has no way to say it, so their
+    /// connection is closed after 1.5 times this much silence.
+    pub max_keep_alive: u16,
 }
 
 impl Default for MqttConfig {
@@ -82,6 +90,7 @@ impl Default for MqttConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
+            max_keep_alive: DEFAULT_MAX_KEEP_ALIVE,
         }
     }
 }
@@ -241,6 +250,9 @@ impl Config {
                 "must be at least 1 [MQTT-3.2.2.3.3]",
             );
         }
+        if self.mqtt.max_keep_alive == 0 {
+            problems.push("mqtt.max_keep_alive", "must be at least 1 second");
+        }
         match self.http.listen.parse::<SocketAddr>() {
             Err(_) => problems.push(
                 "http.listen",
@@ -268,6 +280,7 @@ impl Config {
             connect_timeout: Duration::from_millis(self.mqtt.connect_timeout_ms),
             max_packet_size: self.mqtt.max_packet_size,
             receive_maximum: self.mqtt.receive_maximum,
+            max_keep_alive: self.mqtt.max_keep_alive,
         }
     }
 

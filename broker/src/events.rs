@@ -47,6 +47,20 @@ impl ConnectionClosed {
 }
 
 /// A device connection was refused before any MQTT was read.
+/// A connection's task panicked: a bug, logged once with the peer and counted
+/// as closed for `internal_error`. Its count, slot and will are released all
+/// the same.
+pub struct ConnectionPanicked {
+    pub peer: SocketAddr,
+}
+
+impl ConnectionPanicked {
+    pub fn emit(self) {
+        tracing::error!(peer = %self.peer, "a connection failed on an internal error and was closed");
+        metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => "internal_error").increment(1);
+    }
+}
+
 pub struct ConnectionRefused {
     pub peer: SocketAddr,
     pub reason: &'static str,

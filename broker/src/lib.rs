@@ -23,6 +23,9 @@ pub mod listener;
 pub mod router;
 pub mod telemetry;
 
+/// MQTT byte-level helpers (remaining length, varints, header peeking).
+pub use tributary_wire as wire;
+
 use config::Config;
 use link::sessions::Sessions;
 use link::will::Wills;

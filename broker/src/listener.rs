@@ -4,11 +4,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,12 +56,83 @@ pub async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        events::ConnectionAccepted { peer }.emit();
+        let held = Held::accepted(peer, slot);
         let connection = serve(stream, peer);
         tasks.spawn(async move {
-            connection.await;
-            events::ConnectionClosed.emit();
-            drop(slot);
+            // A bug must cost one connection, never the count or the slot:
+            // `held` is released however the task ends.
+            if AssertUnwindSafe(connection).catch_unwind().await.is_err() {
+                events::ConnectionPanicked { peer }.emit();
+            }
+            drop(held);
         });
+    }
+}
+
+/// What an accepted connection holds: its place under the connection limit and
+/// in the connection count. Dropped on every path out of the connection's
+/// task, a panic included.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Held {
+    fn accepted(peer: SocketAddr, slot: OwnedSemaphorePermit) -> Held {
+        events::ConnectionAccepted { peer }.emit();
+        Held { _slot: slot }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        events::ConnectionClosed.emit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_panicking_connection_gives_its_slot_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = served.clone();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let accepting = tokio::spawn(accept_loop(
+            listener,
+            1,
+            tasks.clone(),
+            shutdown.clone(),
+            move |_stream, _peer| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { panic!("a bug in a connection") }
+            },
+        ));
+        // With one slot, each connection is served only if the one before,
+        // which panicked, released it.
+        for expected in 1..=3 {
+            let _stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while served.load(Ordering::SeqCst) < expected {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "connection {expected} not served"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            while !tasks.is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "task {expected} still running"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        shutdown.cancel();
+        accepting.await.unwrap();
     }
 }

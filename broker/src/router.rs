@@ -93,9 +93,8 @@ impl EmbeddedRouter {
     }
 
     /// Opens a link of Tributary's own under `client_id`.
-    pub async fn connect(&self, client_id: String) -> Result<RouterLink, Box<LinkError>> {
-        let (tx, rx) = self.open(client_id).await?;
-        Ok(RouterLink { tx, rx, id: None })
+    pub async fn connect(&self, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
+        self.open(client_id).await
     }
 
     async fn open(&self, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
@@ -111,8 +110,7 @@ fn release(ids: &Mutex<IdPool>, id: u32) {
     ids.lock().unwrap_or_else(|e| e.into_inner()).free.push(id);
 }
 
-/// Longest a leaving link waits for the router to let it go before its id is
-/// reused anyway.
+/// How long after leaving a link's router id is reused.
 const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One link to the router.
@@ -126,25 +124,30 @@ pub struct RouterLink {
 
 impl RouterLink {
     /// Leaves the router (anything already handed over is processed first).
-    /// The id is reused only once the router has dropped the link, so a new
-    /// link never meets the old one there.
-    pub fn leave(mut self) {
+    pub fn leave(self) {}
+}
+
+impl Drop for RouterLink {
+    /// Every way a link ends leaves the router, a panicking connection's
+    /// included. The recycled id is reused only after [`LEAVE_TIMEOUT`], long
+    /// after the router has let the old link go, so a new link never meets it
+    /// there.
+    fn drop(&mut self) {
         let leave = Packet::Disconnect(
             Disconnect {
                 reason_code: DisconnectReasonCode::NormalDisconnection,
             },
             None,
         );
-        let sent = send_batch(&mut self.tx, vec![leave]);
-        tokio::spawn(async move {
-            if sent.is_ok() {
-                let gone = async { while self.rx.next().await.is_ok() {} };
-                let _ = tokio::time::timeout(LEAVE_TIMEOUT, gone).await;
+        let _ = send_batch(&mut self.tx, vec![leave]);
+        if let Some((id, ids)) = self.id.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    tokio::time::sleep(LEAVE_TIMEOUT).await;
+                    release(&ids, id);
+                });
             }
-            if let Some((id, ids)) = self.id.take() {
-                release(&ids, id);
-            }
-        });
+        }
     }
 }
 

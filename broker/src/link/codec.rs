@@ -6,14 +6,16 @@
 //! proper is rumqttd's.
 
 use bytes::BytesMut;
-use rumqttd::protocol::v4::{self, FixedHeader, V4};
+use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{DisconnectReasonCode, Error as CodecError, Packet, Protocol};
+use rumqttd::protocol::{
+    ConnectReturnCode, DisconnectReasonCode, Error as CodecError, Packet, Protocol,
+};
 use thiserror::Error;
+use tributary_wire::{self as wire, FixedHeader};
 
-/// MQTT control packet types, from the high nibble of the first byte.
-pub const CONNECT: u8 = 1;
-pub const PUBLISH: u8 = 3;
+pub use tributary_wire::packet_type::{CONNECT, PUBLISH};
+pub use tributary_wire::PublishMeta;
 
 /// The protocol version a connection speaks, chosen from its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +61,59 @@ impl Version {
             }
             return Ok(());
         }
+        let packet = match packet {
+            Packet::ConnAck(mut ack, properties) => {
+                ack.code = self.connack_code(ack.code);
+                Packet::ConnAck(ack, properties)
+            }
+            packet => packet,
+        };
         match self {
-            Version::V4 => V4.write(packet, out),
+            Version::V4 => V4.write(without_properties(packet), out),
             Version::V5 => V5.write(packet, out),
         }
         .map(drop)
+    }
+
+    /// The nearest CONNACK code this version has: each encoder panics on the
+    /// other version's codes.
+    fn connack_code(self, code: ConnectReturnCode) -> ConnectReturnCode {
+        use ConnectReturnCode::*;
+        match (self, code) {
+            (Version::V4, Success) => Success,
+            (Version::V4, RefusedProtocolVersion | UnsupportedProtocolVersion) => {
+                RefusedProtocolVersion
+            }
+            (Version::V4, ClientIdentifierNotValid) => ClientIdentifierNotValid,
+            (Version::V4, BadUserNamePassword | BadAuthenticationMethod) => BadUserNamePassword,
+            (Version::V4, NotAuthorized | Banned) => NotAuthorized,
+            (Version::V4, _) => ServiceUnavailable,
+            (Version::V5, RefusedProtocolVersion) => UnsupportedProtocolVersion,
+            (Version::V5, ServiceUnavailable) => ServerUnavailable,
+            (Version::V5, code) => code,
+        }
+    }
+}
+
+/// `packet` without MQTT 5 properties, which 3.1.1 has no room for (its
+/// encoder refuses, by panicking, any packet that carries them).
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Connect(connect, _, will, _, login) => {
+            Packet::Connect(connect, None, will, None, login)
+        }
+        Packet::ConnAck(ack, _) => Packet::ConnAck(ack, None),
+        Packet::Publish(publish, _) => Packet::Publish(publish, None),
+        Packet::PubAck(ack, _) => Packet::PubAck(ack, None),
+        Packet::PubRec(ack, _) => Packet::PubRec(ack, None),
+        Packet::PubRel(ack, _) => Packet::PubRel(ack, None),
+        Packet::PubComp(ack, _) => Packet::PubComp(ack, None),
+        Packet::Subscribe(subscribe, _) => Packet::Subscribe(subscribe, None),
+        Packet::SubAck(ack, _) => Packet::SubAck(ack, None),
+        Packet::Unsubscribe(unsubscribe, _) => Packet::Unsubscribe(unsubscribe, None),
+        Packet::UnsubAck(ack, _) => Packet::UnsubAck(ack, None),
+        Packet::Disconnect(disconnect, _) => Packet::Disconnect(disconnect, None),
+        packet => packet,
     }
 }
 
@@ -108,51 +158,31 @@ fn disconnect_code(reason: DisconnectReasonCode) -> u8 {
 pub enum FrameError {
     #[error("packet of {size} bytes exceeds the maximum packet size {max}")]
     TooLarge { size: usize, max: usize },
-    #[error("malformed remaining length [MQTT-2.2.3]")]
+    #[error("malformed remaining length [MQTT-1.5.5]")]
     MalformedLength,
 }
 
 /// The next complete frame at the front of `buf`, split off, if one is there.
+/// A frame is refused from its fixed header alone when it announces more than
+/// `max_packet_size`, before its bytes arrive.
 pub fn next_frame(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Frame>, FrameError> {
-    let header = match v4::check(buf.iter(), usize::MAX) {
-        Ok(header) => header,
-        Err(CodecError::InsufficientBytes(_)) => {
-            // Even an incomplete frame can be refused once its length is known.
-            if let Some(size) = announced_length(buf) {
-                if size > max_packet_size {
-                    return Err(FrameError::TooLarge {
-                        size,
-                        max: max_packet_size,
-                    });
-                }
-            }
-            return Ok(None);
-        }
-        Err(_) => return Err(FrameError::MalformedLength),
+    let Some(header) = FixedHeader::peek(buf).map_err(|_| FrameError::MalformedLength)? else {
+        return Ok(None);
     };
-    let size = header.frame_length();
+    let size = header.frame_len();
     if size > max_packet_size {
         return Err(FrameError::TooLarge {
             size,
             max: max_packet_size,
         });
     }
+    if buf.len() < size {
+        return Ok(None);
+    }
     Ok(Some(Frame {
         bytes: buf.split_to(size),
         header,
     }))
-}
-
-/// Total frame length announced by a complete fixed header, if it is complete.
-fn announced_length(buf: &[u8]) -> Option<usize> {
-    let mut len = 0usize;
-    for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
-        len |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(1 + (i + 1) + len);
-        }
-    }
-    None
 }
 
 /// One complete packet's bytes.
@@ -165,57 +195,32 @@ pub struct Frame {
 impl Frame {
     /// Bytes before the variable header (type, flags, remaining length).
     pub fn fixed_header_len(&self) -> usize {
-        self.header.fixed_header_len
+        self.header.header_len
     }
 
     pub fn packet_type(&self) -> u8 {
-        self.header.byte1 >> 4
+        self.header.packet_type()
+    }
+
+    /// The first byte: type and flags.
+    pub fn byte1(&self) -> u8 {
+        self.header.byte1
     }
 
     /// Protocol name and level of a CONNECT frame.
     pub fn connect_protocol(&self) -> Option<(&[u8], u8)> {
-        let body = self.bytes.get(self.header.fixed_header_len..)?;
-        let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-        let name = body.get(2..2 + name_len)?;
-        let level = *body.get(2 + name_len)?;
-        Some((name, level))
+        wire::connect_protocol(&self.bytes)
     }
 
     /// The connect flags byte of a CONNECT frame.
     pub fn connect_flags(&self) -> Option<u8> {
-        let body = self.bytes.get(self.header.fixed_header_len..)?;
-        let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-        body.get(2 + name_len + 1).copied()
+        wire::connect_flags(&self.bytes)
     }
 
     /// QoS, DUP, RETAIN and packet identifier of a PUBLISH frame.
     pub fn publish_meta(&self) -> Option<PublishMeta> {
-        let flags = self.header.byte1 & 0x0f;
-        let qos = (flags >> 1) & 0b11;
-        let body = self.bytes.get(self.header.fixed_header_len..)?;
-        let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-        let pkid = if qos > 0 {
-            let at = 2 + topic_len;
-            u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?])
-        } else {
-            0
-        };
-        Some(PublishMeta {
-            qos,
-            dup: flags & 0b1000 != 0,
-            retain: flags & 0b0001 != 0,
-            pkid,
-        })
+        wire::publish_meta(&self.bytes)
     }
-}
-
-/// The fixed-header facts of a PUBLISH that rumqttd keeps private.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishMeta {
-    pub qos: u8,
-    pub dup: bool,
-    pub retain: bool,
-    pub pkid: u16,
 }
 
 #[cfg(test)]
@@ -242,14 +247,10 @@ mod tests {
         let frame = next_frame(&mut buf, 1024).unwrap().unwrap();
         assert!(buf.is_empty());
         assert_eq!(frame.packet_type(), PUBLISH);
+        let meta = frame.publish_meta().unwrap();
         assert_eq!(
-            frame.publish_meta(),
-            Some(PublishMeta {
-                qos: 1,
-                dup: true,
-                retain: true,
-                pkid: 0x1234
-            })
+            (meta.qos, meta.dup, meta.retain, meta.pkid),
+            (1, true, true, 0x1234)
         );
         let mut buf = publish_frame(0, "a", None, b"x");
         let frame = next_frame(&mut buf, 1024).unwrap().unwrap();

@@ -105,18 +105,18 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
             reason: "not_connect",
         });
     }
+    if frame.byte1() & 0x0f != 0 {
+        // [MQTT-2.1.3-1]: CONNECT's flags are reserved, zero.
+        return Err(Refused::Closed {
+            reason: "malformed",
+        });
+    }
     let version = match frame.connect_protocol() {
         Some((b"MQTT", 4)) => Version::V4,
         Some((b"MQTT", 5)) => Version::V5,
-        Some((b"MQTT", level)) if level > 5 => {
-            return Err(Refused::WithConnAck {
-                version: Version::V5,
-                code: ConnectReturnCode::UnsupportedProtocolVersion,
-                reason: "unsupported_protocol",
-            })
-        }
+        // [MQTT-3.1.2-2]: CONNACK 0x01 for a level we do not speak, in the
+        // 3.1.1 shape even above 5: a client of a future version reads it.
         Some((b"MQTT", _)) | Some((b"MQIsdp", _)) => {
-            // [MQTT-3.1.2-2]: CONNACK 0x01 for a level we do not speak.
             return Err(Refused::WithConnAck {
                 version: Version::V4,
                 code: ConnectReturnCode::RefusedProtocolVersion,
@@ -173,6 +173,15 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
         }
         (connect.client_id, false)
     };
+
+    if properties.as_ref().and_then(|p| p.receive_maximum) == Some(0) {
+        // [MQTT-3.1.4-1]: Receive Maximum 0 is a Protocol Error.
+        return Err(Refused::WithConnAck {
+            version,
+            code: ConnectReturnCode::ProtocolError,
+            reason: "receive_maximum_zero",
+        });
+    }
 
     let session_expiry = properties
         .as_ref()

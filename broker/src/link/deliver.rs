@@ -186,6 +186,13 @@ impl Link {
     /// Answers UNSUBSCRIBE from the gateway's own table (the router sends no
     /// UNSUBACK for a filter it does not have, and one per filter otherwise).
     pub(super) fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), End> {
+        if unsubscribe.filters.is_empty() {
+            // [MQTT-3.10.3-2]: at least one filter.
+            return Err(End::Protocol(
+                DisconnectReasonCode::ProtocolError,
+                "unsubscribe_without_filters",
+            ));
+        }
         let mut existing = Vec::new();
         let reasons = unsubscribe
             .filters

@@ -11,7 +11,7 @@ use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecReason, PubRel, Publish, PublishProperties,
 };
-use tributary_bridge::{DeliveryError, MqttPublish, PendingDelivery, Record};
+use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, PendingDelivery, Record};
 
 use super::codec::{self, Version};
 use super::gate::Released;
@@ -39,7 +39,7 @@ impl Link {
     /// QoS 1/2 publishes received and not yet completed (PUBACK sent, or for
     /// QoS 2 PUBREL received): what MQTT 5 Receive Maximum limits.
     pub(super) fn incoming_in_flight(&self) -> usize {
-        self.qos1_in_gate + self.awaiting_pubrel.len()
+        self.qos1_in_gate + self.qos2_in_gate.len() + self.session.awaiting_pubrel.len()
     }
 
     pub(super) async fn handle_publish(
@@ -60,7 +60,20 @@ impl Link {
             }
         };
         events::PublishReceived { qos: meta.qos }.emit();
-        let repeat = meta.qos == 2 && self.awaiting_pubrel.contains(&meta.pkid);
+        if let Some(response_topic) = properties.as_ref().and_then(|p| p.response_topic.as_ref()) {
+            if !valid_topic_name(response_topic) {
+                // [MQTT-3.3.2-14]: a Response Topic is a topic name.
+                return Err(End::Protocol(
+                    DisconnectReasonCode::ProtocolError,
+                    "invalid_response_topic",
+                ));
+            }
+        }
+        // A re-send of a QoS 2 publish already PUBREC'd, or still waiting for
+        // Kafka [MQTT-4.3.3]: never produced twice.
+        let repeat = meta.qos == 2
+            && (self.session.awaiting_pubrel.contains(&meta.pkid)
+                || self.qos2_in_gate.contains(&meta.pkid));
         if self.version == Version::V5
             && meta.qos > 0
             && !repeat
@@ -126,7 +139,7 @@ impl Link {
             }
             qos => {
                 if qos == 2 {
-                    self.awaiting_pubrel.insert(meta.pkid);
+                    self.qos2_in_gate.insert(meta.pkid);
                 } else {
                     self.qos1_in_gate += 1;
                 }
@@ -149,10 +162,14 @@ impl Link {
         publish: &mut Publish,
         properties: Option<&mut PublishProperties>,
     ) -> Result<(), End> {
-        let Some(properties) = properties else {
-            return Ok(());
-        };
-        let Some(alias) = properties.topic_alias.take() else {
+        let Some(alias) = properties.and_then(|p| p.topic_alias.take()) else {
+            if publish.topic.is_empty() {
+                // [MQTT-3.3.2-1]/[MQTT-3.3.4]: an empty topic needs an alias.
+                return Err(End::Protocol(
+                    DisconnectReasonCode::ProtocolError,
+                    "empty_topic_without_alias",
+                ));
+            }
             return Ok(());
         };
         let invalid = End::Protocol(
@@ -184,10 +201,24 @@ impl Link {
                 properties,
                 retained,
             } => (pkid, qos, Some((*publish, properties, retained))),
-            Ticket::Repeat { pkid } => (pkid, 2, None),
+            Ticket::Repeat { pkid } => {
+                // Its first copy was released just before: it answers the same.
+                let reason = if self.session.awaiting_pubrel.contains(&pkid) {
+                    PubRecReason::Success
+                } else if self.version == Version::V5 {
+                    PubRecReason::UnspecifiedError
+                } else {
+                    return Err(End::KafkaRefused);
+                };
+                self.write(Packet::PubRec(PubRec { pkid, reason }, None));
+                return Ok(());
+            }
         };
-        if qos == 1 {
-            self.qos1_in_gate -= 1;
+        match qos {
+            1 => self.qos1_in_gate -= 1,
+            _ => {
+                self.qos2_in_gate.remove(&pkid);
+            }
         }
         match outcome {
             Ok(()) => {
@@ -196,6 +227,9 @@ impl Link {
                         self.ctx.retained.update(*retained);
                     }
                     self.relay(Packet::Publish(publish, properties))?;
+                }
+                if qos == 2 {
+                    self.session.awaiting_pubrel.insert(pkid);
                 }
                 self.write_ack(qos, pkid, None);
                 events::PublishAcknowledged {
@@ -207,12 +241,9 @@ impl Link {
             }
             Err(error) => {
                 events::PublishRefused { qos, error: &error }.emit();
-                if qos == 2 {
-                    self.awaiting_pubrel.remove(&pkid);
-                }
                 match self.version {
                     Version::V5 => {
-                        self.write_ack(qos, pkid, Some(&error));
+                        self.write_ack(qos, pkid, Some(error.failure()));
                         Ok(())
                     }
                     Version::V4 => Err(End::KafkaRefused),
@@ -221,22 +252,32 @@ impl Link {
         }
     }
 
-    /// PUBACK (QoS 1) or PUBREC (QoS 2); with an error, its MQTT 5 failure code.
-    fn write_ack(&mut self, qos: u8, pkid: u16, error: Option<&DeliveryError>) {
+    /// PUBACK (QoS 1) or PUBREC (QoS 2); with a failure, its MQTT 5 code.
+    fn write_ack(&mut self, qos: u8, pkid: u16, failure: Option<DeliveryFailure>) {
         let packet = if qos == 1 {
-            let reason = match error.map(DeliveryError::reason) {
+            let reason = match failure {
                 None => PubAckReason::Success,
-                Some("queue_full") => PubAckReason::QuotaExceeded,
-                Some("not_authorized") => PubAckReason::NotAuthorized,
-                Some(_) => PubAckReason::UnspecifiedError,
+                Some(DeliveryFailure::QueueFull) => PubAckReason::QuotaExceeded,
+                Some(DeliveryFailure::NotAuthorized) => PubAckReason::NotAuthorized,
+                Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
+                    PubAckReason::ImplementationSpecificError
+                }
+                Some(
+                    DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka,
+                ) => PubAckReason::UnspecifiedError,
             };
             Packet::PubAck(PubAck { pkid, reason }, None)
         } else {
-            let reason = match error.map(DeliveryError::reason) {
+            let reason = match failure {
                 None => PubRecReason::Success,
-                Some("queue_full") => PubRecReason::QuotaExceeded,
-                Some("not_authorized") => PubRecReason::NotAuthorized,
-                Some(_) => PubRecReason::UnspecifiedError,
+                Some(DeliveryFailure::QueueFull) => PubRecReason::QuotaExceeded,
+                Some(DeliveryFailure::NotAuthorized) => PubRecReason::NotAuthorized,
+                Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
+                    PubRecReason::ImplementationSpecificError
+                }
+                Some(
+                    DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka,
+                ) => PubRecReason::UnspecifiedError,
             };
             Packet::PubRec(PubRec { pkid, reason }, None)
         };
@@ -244,7 +285,7 @@ impl Link {
     }
 
     pub(super) fn handle_pubrel(&mut self, pubrel: PubRel) {
-        let reason = if self.awaiting_pubrel.remove(&pubrel.pkid) {
+        let reason = if self.session.awaiting_pubrel.remove(&pubrel.pkid) {
             PubCompReason::Success
         } else {
             PubCompReason::PacketIdentifierNotFound

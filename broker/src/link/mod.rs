@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    PingResp, PubRel, PubRelReason, Subscribe, Unsubscribe,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Error as CodecError, Packet, PingResp, PubRel, PubRelReason, Subscribe, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +42,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tributary_bridge::{Producer, RouteTable};
+use tributary_wire::HeaderViolation;
 
 use crate::events;
 use crate::router::{self, EmbeddedRouter, RouterLink};
@@ -51,7 +52,7 @@ use incoming::Ticket;
 use session::Session;
 use sessions::{Expiry, Parked, Registration, Sessions};
 use shares::Handoff;
-use will::{Will, Wills};
+use will::{PendingWill, Wills};
 
 /// Topic aliases a MQTT 5 client may use towards Tributary (announced in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
@@ -77,6 +78,23 @@ pub struct LinkConfig {
     pub max_packet_size: usize,
     /// QoS 1/2 publishes in flight per connection (MQTT 5 Receive Maximum).
     pub receive_maximum: u16,
+    /// Longest keep-alive a client may ask for, in seconds.
+    pub max_keep_alive: u16,
+}
+
+impl LinkConfig {
+    /// The keep-alive a client asking for `asked` seconds gets: its own, or
+    /// the server's maximum when it asks for more or for none (0). MQTT's own
+    /// maximum, 65535, is no limit: 0 then stays 0.
+    pub fn keep_alive(&self, asked: u16) -> u16 {
+        if self.max_keep_alive == u16::MAX {
+            asked
+        } else if asked == 0 || asked > self.max_keep_alive {
+            self.max_keep_alive
+        } else {
+            asked
+        }
+    }
 }
 
 /// What every link shares.
@@ -197,9 +215,16 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
     let mut link = Link {
         version: connect.version,
         client_id: connect.client_id.clone(),
-        keep_alive: (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
-        will: connect.will.clone(),
+        // [MQTT-3.1.2-24]: one and a half times the interval.
+        keep_alive: match ctx.config.keep_alive(connect.keep_alive) {
+            0 => None,
+            seconds => Some(Duration::from_millis(u64::from(seconds) * 1500)),
+        },
+        will: PendingWill::new(
+            ctx.wills.clone(),
+            connect.client_id.clone(),
+            connect.will.clone(),
+        ),
         reader,
         writer,
         rbuf,
@@ -207,7 +232,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
         router,
         gate: Gate::default(),
         qos0: FuturesUnordered::new(),
-        awaiting_pubrel: HashSet::new(),
+        qos2_in_gate: HashSet::new(),
         qos1_in_gate: 0,
         topic_aliases: HashMap::new(),
         session,
@@ -289,6 +314,12 @@ impl End {
         }
     }
 
+    /// Whether the server ends the connection while the device may still be
+    /// sending.
+    fn server_closes(self) -> bool {
+        !matches!(self, End::Disconnect(_) | End::ConnectionLost)
+    }
+
     /// Whether the will is published [MQTT-3.1.2-8], [MQTT-3.14.4-3].
     fn fires_will(self) -> bool {
         match self {
@@ -309,7 +340,7 @@ struct Link {
     version: Version,
     client_id: Arc<str>,
     keep_alive: Option<Duration>,
-    will: Option<Will>,
+    will: PendingWill,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     rbuf: BytesMut,
@@ -317,8 +348,9 @@ struct Link {
     router: RouterLink,
     gate: Gate<Ticket>,
     qos0: FuturesUnordered<Qos0Delivery>,
-    /// QoS 2 packet ids received and not yet released by PUBREL.
-    awaiting_pubrel: HashSet<u16>,
+    /// QoS 2 packet ids waiting in the gate (not yet PUBREC'd); those
+    /// PUBREC'd and awaiting PUBREL are the session's.
+    qos2_in_gate: HashSet<u16>,
     /// QoS 1 publishes waiting in the gate.
     qos1_in_gate: usize,
     /// MQTT 5 topic aliases set by the client.
@@ -350,6 +382,10 @@ impl Link {
             retain_available: Some(1),
             wildcard_subscription_available: Some(1),
             shared_subscription_available: Some(1),
+            // [MQTT-3.2.2-21]: the client uses the server's value when sent.
+            server_keep_alive: (self.ctx.config.keep_alive(connect.keep_alive)
+                != connect.keep_alive)
+                .then(|| self.ctx.config.keep_alive(connect.keep_alive)),
             ..ConnAckProperties::default()
         });
         self.write(Packet::ConnAck(
@@ -480,6 +516,27 @@ impl Link {
     }
 
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), End> {
+        // Checked before any decoder sees the bytes: rumqttd's decoders panic
+        // on packet types only a server sends.
+        let level = match self.version {
+            Version::V4 => 4,
+            Version::V5 => 5,
+        };
+        match tributary_wire::check_client_packet(frame.byte1(), level) {
+            Ok(()) => {}
+            Err(HeaderViolation::WrongDirection) => {
+                return Err(End::Protocol(
+                    DisconnectReasonCode::ProtocolError,
+                    "unexpected_packet",
+                ))
+            }
+            Err(HeaderViolation::Reserved | HeaderViolation::BadFlags) => {
+                return Err(End::Protocol(
+                    DisconnectReasonCode::MalformedPacket,
+                    "malformed",
+                ))
+            }
+        }
         let meta = (frame.packet_type() == PUBLISH)
             .then(|| frame.publish_meta())
             .flatten();
@@ -487,7 +544,14 @@ impl Link {
         let packet = self
             .version
             .decode(&mut bytes)
-            .map_err(|_| End::Protocol(DisconnectReasonCode::MalformedPacket, "malformed"))?;
+            .map_err(|error| match error {
+                // [MQTT-3.8.3-2]: a SUBSCRIBE with no filter is a Protocol Error.
+                CodecError::EmptySubscription => End::Protocol(
+                    DisconnectReasonCode::ProtocolError,
+                    "subscribe_without_filters",
+                ),
+                _ => End::Protocol(DisconnectReasonCode::MalformedPacket, "malformed"),
+            })?;
         match packet {
             Packet::Publish(publish, properties) => {
                 let meta = meta.ok_or(End::Protocol(
@@ -512,9 +576,17 @@ impl Link {
                 Ok(())
             }
             Packet::Disconnect(disconnect, properties) => {
-                // [MQTT-3.14.2-2]: a session that ends at disconnect cannot be
-                // extended by DISCONNECT; the router link is clean anyway.
-                self.disconnect_expiry = properties.and_then(|p| p.session_expiry_interval);
+                let interval = properties.and_then(|p| p.session_expiry_interval);
+                if self.expiry == Expiry::AtDisconnect && interval.is_some_and(|i| i > 0) {
+                    // [MQTT-3.14.2-2]: a session that was to end at disconnect
+                    // cannot be extended by DISCONNECT; it ends, and the will
+                    // is published.
+                    return Err(End::Protocol(
+                        DisconnectReasonCode::ProtocolError,
+                        "session_expiry_extended",
+                    ));
+                }
+                self.disconnect_expiry = interval;
                 Err(End::Disconnect(disconnect.reason_code))
             }
             Packet::Connect(..) => Err(End::Protocol(
@@ -607,11 +679,6 @@ impl Link {
             // What the device sent before leaving still reaches the router.
             let _ = self.flush_router().await;
         }
-        if end.fires_will() {
-            if let Some(will) = self.will.take() {
-                self.ctx.wills.schedule(self.client_id.clone(), will);
-            }
-        }
         let expiry = self
             .disconnect_expiry
             .map_or(self.expiry, Expiry::from_interval);
@@ -621,8 +688,19 @@ impl Link {
             mut router,
             member_id,
             handoff_rx,
+            will,
+            reader,
+            writer,
             ..
         } = self;
+        if end.server_closes() {
+            tokio::spawn(linger(reader, writer));
+        }
+        if end.fires_will() {
+            will.fire();
+        } else {
+            will.cancel();
+        }
         let router_alive = end != End::RouterGone;
         hand_off_shares(&ctx, member_id, &mut session, handoff_rx);
         // On takeover the new connection decides the session's fate; it takes
@@ -760,6 +838,30 @@ fn ended(end: End, registration: Registration) {
     .emit();
     // Last: a successor waiting to take over may now find the stored session.
     drop(registration);
+}
+
+/// How long a connection the server ends is read (and discarded) after its
+/// write side is shut down.
+const LINGER: Duration = Duration::from_millis(500);
+/// Bytes read, at most, while lingering.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Reads what the device still sends, briefly, after the server shut the write
+/// side: closing with unread bytes would reset the connection, and the device
+/// would lose the DISCONNECT reason code on its way to it.
+async fn linger(mut reader: OwnedReadHalf, writer: OwnedWriteHalf) {
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+    drop(writer);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -8,7 +8,7 @@
 //! gateway carries through the router in a private property ([`Origin`]) and
 //! strips here. It never passes that property on to a device.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -33,6 +33,9 @@ pub struct Session {
     pub outbox: Outbox,
     /// The client's Maximum Packet Size (MQTT 5), else unlimited.
     pub client_max_packet_size: usize,
+    /// QoS 2 packet ids from the device, PUBREC'd (so in Kafka) and awaiting
+    /// PUBREL: a PUBREL after a reconnect still completes [MQTT-4.3.3].
+    pub awaiting_pubrel: HashSet<u16>,
     copies: Copies,
 }
 
@@ -78,13 +81,14 @@ impl Session {
             subscriptions: Subscriptions::default(),
             outbox: Outbox::default(),
             client_max_packet_size: usize::MAX,
+            awaiting_pubrel: HashSet::new(),
             copies: Copies::default(),
         }
     }
 
     /// Nothing to keep but its existence: no subscriptions, nothing owed.
     pub fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty() && self.outbox.is_empty()
+        self.subscriptions.is_empty() && self.outbox.is_empty() && self.awaiting_pubrel.is_empty()
     }
 
     /// Takes one message the router forwards: queues it for the device as MQTT

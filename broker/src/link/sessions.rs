@@ -29,6 +29,10 @@ use super::session::Session;
 use crate::events;
 use crate::router::{self, RouterGone, RouterLink};
 
+/// The longest single wait given to the expiry timer wheel, well below its
+/// limit (about 2.2 years): longer intervals are re-armed when it fires.
+const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long a new connection waits for the one it takes over to leave.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,6 +84,9 @@ struct Stored {
     generation: u64,
     /// Its place in [`Inner::expiries`], unless it never expires.
     expires: Option<delay_queue::Key>,
+    /// When it expires. The timer wheel reaches only [`MAX_TIMER`] ahead, so a
+    /// longer interval (MQTT 5 allows 136 years) is waited for in steps.
+    deadline: Option<tokio::time::Instant>,
     keeper: Keeper,
 }
 
@@ -210,10 +217,14 @@ impl Sessions {
         }
         inner.next_generation += 1;
         let generation = inner.next_generation;
+        let now = tokio::time::Instant::now();
+        // `checked_add`: an interval near u32::MAX seconds is far away, never
+        // an overflow.
+        let deadline = expiry.and_then(|after| now.checked_add(after));
         let expires = expiry.map(|after| {
             inner
                 .expiries
-                .insert((client_id.clone(), generation), after)
+                .insert((client_id.clone(), generation), after.min(MAX_TIMER))
         });
         let keeper = match parked.router {
             Some(_) => {
@@ -227,6 +238,7 @@ impl Sessions {
         let stored = Stored {
             generation,
             expires,
+            deadline,
             keeper,
         };
         if let Some(older) = inner.stored.insert(client_id, stored) {
@@ -255,15 +267,31 @@ impl Sessions {
     }
 
     /// Ends the stored session `client_id` if it is still the one that
-    /// expired (not taken back, not replaced, meanwhile).
+    /// expired (not taken back, not replaced, meanwhile). A deadline beyond
+    /// the timer's reach is re-armed for the time it has left.
     async fn expire(&self, client_id: Arc<str>, generation: u64) {
         let stored = {
             let mut inner = self.lock();
-            if inner
+            let Some(stored) = inner
                 .stored
                 .get(&client_id)
-                .is_none_or(|s| s.generation != generation)
-            {
+                .filter(|s| s.generation == generation)
+            else {
+                return;
+            };
+            let now = tokio::time::Instant::now();
+            let left = match stored.deadline {
+                Some(deadline) => deadline.saturating_duration_since(now),
+                // Past `Instant`'s range: as good as never.
+                None => MAX_TIMER,
+            };
+            if !left.is_zero() {
+                let key = inner
+                    .expiries
+                    .insert((client_id.clone(), generation), left.min(MAX_TIMER));
+                if let Some(stored) = inner.stored.get_mut(&client_id) {
+                    stored.expires = Some(key);
+                }
                 return;
             }
             let stored = inner.stored.remove(&client_id);

@@ -67,6 +67,45 @@ impl Will {
     }
 }
 
+/// A connected client's will, owed unless the connection ends cleanly: dropped
+/// without [`PendingWill::fire`] or [`PendingWill::cancel`] (a connection task
+/// that panicked), it is published all the same.
+pub struct PendingWill {
+    will: Option<(Arc<str>, Will)>,
+    wills: Wills,
+}
+
+impl PendingWill {
+    pub fn new(wills: Wills, client_id: Arc<str>, will: Option<Will>) -> PendingWill {
+        PendingWill {
+            will: will.map(|will| (client_id, will)),
+            wills,
+        }
+    }
+
+    /// Schedules the will (after its delay).
+    pub fn fire(mut self) {
+        if let Some((client_id, will)) = self.will.take() {
+            self.wills.schedule(client_id, will);
+        }
+    }
+
+    /// The connection ended cleanly: no will [MQTT-3.1.2-10].
+    pub fn cancel(mut self) {
+        self.will = None;
+    }
+}
+
+impl Drop for PendingWill {
+    fn drop(&mut self) {
+        if let Some((client_id, will)) = self.will.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.wills.schedule(client_id, will);
+            }
+        }
+    }
+}
+
 /// Publishes wills through Tributary's own router link.
 #[derive(Clone)]
 pub struct Wills {
@@ -86,12 +125,12 @@ impl Wills {
         sessions: Sessions,
         retained: Arc<Retained>,
     ) -> anyhow::Result<Wills> {
-        let link = router
+        let (tx, rx) = router
             .connect(format!("{RESERVED_CLIENT_PREFIX}_wills"))
             .await?;
-        tokio::spawn(drain(link.rx));
+        tokio::spawn(drain(rx));
         Ok(Wills {
-            tx: Arc::new(Mutex::new(link.tx)),
+            tx: Arc::new(Mutex::new(tx)),
             producer,
             routes,
             sessions,

@@ -12,6 +12,7 @@ mod publish;
 mod sessions;
 mod shared;
 mod subscribe;
+mod violations;
 mod wills;
 
 use std::net::SocketAddr;

@@ -21,13 +21,13 @@ async fn a_wildcard_topic_name_gets_disconnect_0x90() {
 }
 
 #[tokio::test]
-async fn an_empty_topic_without_alias_gets_disconnect_0x90() {
+async fn an_empty_topic_without_alias_gets_disconnect_0x82() {
     let server = broker().await;
     let mut raw = Raw::connect(server.mqtt_addr()).await;
     raw.send(&raw5::connect("empty5")).await;
     raw.send(&raw5::publish("", &[], b"x")).await;
     let answer = raw.closed_within(WAIT).await;
-    assert_eq!(raw5::disconnect_reason(&answer), Some(0x90), "{answer:?}");
+    assert_eq!(raw5::disconnect_reason(&answer), Some(0x82), "{answer:?}");
 }
 
 #[tokio::test]
