@@ -40,6 +40,7 @@ pub struct Server {
     tasks: TaskTracker,
     producer: Producer,
     config: Config,
+    links: Arc<LinkContext>,
 }
 
 impl Server {
@@ -51,6 +52,17 @@ impl Server {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Serves one device connection that arrived by other means than a
+    /// listener (in-process tools, the fuzz target) to its end, exactly as a
+    /// listener's. An error says it panicked (logged and counted).
+    pub async fn serve_connection(
+        &self,
+        stream: impl link::Transport,
+        peer: SocketAddr,
+    ) -> Result<(), listener::Panicked> {
+        listener::contain_panic(peer, link::serve(stream, peer, self.links.clone())).await
     }
 
     /// Stops accepting, waits for connections and deliveries up to the shutdown
@@ -149,6 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         shares: Arc::default(),
     });
 
+    let links = context.clone();
     let accept_shutdown = shutdown.clone();
     let accept_tasks = tasks.clone();
     let max_connections = config.mqtt.max_connections;
@@ -176,6 +189,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tasks,
         producer,
         config,
+        links,
     })
 }
 

@@ -61,12 +61,27 @@ pub async fn accept_loop<F, Fut>(
         tasks.spawn(async move {
             // A bug must cost one connection, never the count or the slot:
             // `held` is released however the task ends.
-            if AssertUnwindSafe(connection).catch_unwind().await.is_err() {
-                events::ConnectionPanicked { peer }.emit();
-            }
+            let _ = contain_panic(peer, connection).await;
             drop(held);
         });
     }
+}
+
+/// A connection's task panicked (a bug; already logged and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panicked;
+
+/// Runs one connection's future; a panic in it ends only that connection, is
+/// logged and counted.
+pub async fn contain_panic(
+    peer: SocketAddr,
+    connection: impl Future<Output = ()>,
+) -> Result<(), Panicked> {
+    let outcome = AssertUnwindSafe(connection).catch_unwind().await;
+    if outcome.is_err() {
+        events::ConnectionPanicked { peer }.emit();
+    }
+    outcome.map_err(|_| Panicked)
 }
 
 /// What an accepted connection holds: its place under the connection limit and

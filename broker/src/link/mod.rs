@@ -35,9 +35,8 @@ use rumqttd::protocol::{
     Error as CodecError, Packet, PingResp, PubRel, PubRelReason, Subscribe, Unsubscribe,
 };
 use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -118,17 +117,22 @@ pub fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
+/// What a device connection runs over: TCP, TLS or WebSocket alike.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
 /// Serves one device connection from its first byte to its close.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
-    let (mut reader, mut writer) = stream.into_split();
+pub async fn serve(stream: impl Transport, peer: SocketAddr, ctx: Arc<LinkContext>) {
+    let mut stream: Box<dyn Transport> = Box::new(stream);
     let mut rbuf = BytesMut::with_capacity(4096);
-    let connect = match connect::read_connect(&mut reader, &mut rbuf, &ctx.config).await {
+    let connect = match connect::read_connect(&mut stream, &mut rbuf, &ctx.config).await {
         Ok(connect) => connect,
         Err(refused) => {
             if let Some((version, connack)) = refused.connack() {
                 let mut out = BytesMut::new();
                 if version.encode(connack, &mut out).is_ok() {
-                    let _ = writer.write_all(&out).await;
+                    let _ = stream.write_all(&out).await;
                 }
             }
             events::ConnectRefused {
@@ -195,7 +199,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
                 None,
             );
             if connect.version.encode(connack, &mut out).is_ok() {
-                let _ = writer.write_all(&out).await;
+                let _ = stream.write_all(&out).await;
             }
             events::ConnectRefused {
                 peer,
@@ -225,8 +229,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<LinkContext>) {
             connect.client_id.clone(),
             connect.will.clone(),
         ),
-        reader,
-        writer,
+        stream,
         rbuf,
         wbuf: BytesMut::with_capacity(4096),
         router,
@@ -341,8 +344,7 @@ struct Link {
     client_id: Arc<str>,
     keep_alive: Option<Duration>,
     will: PendingWill,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    stream: Box<dyn Transport>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     router: RouterLink,
@@ -455,7 +457,7 @@ impl Link {
                 // waiting on the semaphore itself would hand freed permits to
                 // waiters one by one and starve readers.)
                 () = tokio::time::sleep(BUDGET_RECHECK), if budget_exhausted => {}
-                read = self.reader.read_buf(&mut self.rbuf), if can_read => match read {
+                read = self.stream.read_buf(&mut self.rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return End::ConnectionLost,
                     Ok(_) => last_read = Instant::now(),
                 },
@@ -477,7 +479,7 @@ impl Link {
     /// published).
     async fn end_after_write_error(&mut self) -> End {
         let drain = async {
-            while let Ok(n) = self.reader.read_buf(&mut self.rbuf).await {
+            while let Ok(n) = self.stream.read_buf(&mut self.rbuf).await {
                 if n == 0 {
                     break;
                 }
@@ -660,7 +662,7 @@ impl Link {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.writer.write_all(&self.wbuf).await?;
+            self.stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
         }
         Ok(())
@@ -674,7 +676,7 @@ impl Link {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
-        let _ = self.writer.shutdown().await;
+        let _ = self.stream.shutdown().await;
         if end != End::RouterGone {
             // What the device sent before leaving still reaches the router.
             let _ = self.flush_router().await;
@@ -689,12 +691,11 @@ impl Link {
             member_id,
             handoff_rx,
             will,
-            reader,
-            writer,
+            stream,
             ..
         } = self;
         if end.server_closes() {
-            tokio::spawn(linger(reader, writer));
+            tokio::spawn(linger(stream));
         }
         if end.fires_will() {
             will.fire();
@@ -849,19 +850,18 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Reads what the device still sends, briefly, after the server shut the write
 /// side: closing with unread bytes would reset the connection, and the device
 /// would lose the DISCONNECT reason code on its way to it.
-async fn linger(mut reader: OwnedReadHalf, writer: OwnedWriteHalf) {
+async fn linger(mut stream: Box<dyn Transport>) {
     let drain = async {
         let mut buf = [0u8; 4096];
         let mut read = 0;
         while read < LINGER_BYTES {
-            match reader.read(&mut buf).await {
+            match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => read += n,
             }
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
-    drop(writer);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
