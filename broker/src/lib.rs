@@ -136,18 +136,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     .emit();
 
     // Stored sessions with subscriptions keep a router link too: as many again.
-    let router = EmbeddedRouter::spawn(config.mqtt.max_connections * 2);
+    let router = EmbeddedRouter::start(config.mqtt.max_connections * 2)
+        .await
+        .context("starting the router")?;
     let sessions = Sessions::default();
     let retained = Arc::new(link::retained::Retained::default());
-    let wills = Wills::start(
-        &router,
+    let wills = Wills::new(
         producer.clone(),
         routes.clone(),
         sessions.clone(),
         retained.clone(),
-    )
-    .await
-    .context("opening the router link for wills")?;
+    );
     let context = Arc::new(LinkContext {
         config: config.link_config(),
         router,

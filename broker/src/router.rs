@@ -1,5 +1,10 @@
-//! Embeds rumqttd's Router (fan-out, retained messages, shared subscriptions,
-//! sessions) and builds one local link per device connection.
+//! Embeds rumqttd's Router (the fan-out engine) behind one adapter: the links
+//! of connections that subscribe, and the shared publish lanes.
+//!
+//! A connection that never subscribes never gets a router link of its own (a
+//! link costs tens of kilobytes in the router): its publishes go through one of
+//! a few shared lanes, always the same one, so its messages keep their order.
+//! The origin property carries who published (see `link::origin`).
 //!
 //! The router's event type is private to rumqttd, so its sender lives only inside
 //! the link-building closure. Building a link blocks (plain channel send/recv), so
@@ -21,6 +26,11 @@ pub const SEGMENT_COUNT: usize = 4;
 pub const MAX_OUTGOING_PACKETS: u64 = 200;
 /// Client id prefix reserved for Tributary's own router links.
 pub const RESERVED_CLIENT_PREFIX: &str = "__tributary";
+/// Shared links that carry the publishes of every connection to the router.
+pub const PUBLISH_LANES: usize = 4;
+/// Packets a lane may have waiting for the router before its publishers wait:
+/// many connections share it.
+const MAX_LANE_BACKLOG: usize = 4096;
 
 type BuildLink =
     dyn Fn(String) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
@@ -30,6 +40,7 @@ type BuildLink =
 pub struct EmbeddedRouter {
     build: Arc<BuildLink>,
     ids: Arc<Mutex<IdPool>>,
+    lanes: Arc<[Mutex<LinkTx>]>,
 }
 
 /// Router-side client ids for device links, recycled.
@@ -46,11 +57,12 @@ struct IdPool {
 }
 
 impl EmbeddedRouter {
-    /// Starts the router thread. `max_links` bounds the device links open at
-    /// once (connections plus stored sessions that hold subscriptions).
-    pub fn spawn(max_links: usize) -> Self {
+    /// Starts the router thread and opens the publish lanes. `max_links`
+    /// bounds the device links open at once (connections that subscribed plus
+    /// stored sessions that hold subscriptions).
+    pub async fn start(max_links: usize) -> Result<Self, Box<LinkError>> {
         let config = RouterConfig {
-            max_connections: max_links + 16,
+            max_connections: max_links + PUBLISH_LANES + 16,
             max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
             max_segment_size: SEGMENT_SIZE,
             max_segment_count: SEGMENT_COUNT,
@@ -59,14 +71,30 @@ impl EmbeddedRouter {
             shared_subscriptions_strategy: Default::default(),
         };
         let router_tx = Router::new(0, config).spawn();
-        EmbeddedRouter {
-            build: Arc::new(move |client_id: String| {
-                LinkBuilder::new(&client_id, router_tx.clone())
-                    .clean_session(true)
-                    .build()
-                    .map_err(Box::new)
-            }),
+        let build: Arc<BuildLink> = Arc::new(move |client_id: String| {
+            LinkBuilder::new(&client_id, router_tx.clone())
+                .clean_session(true)
+                .build()
+                .map_err(Box::new)
+        });
+        let mut lanes = Vec::with_capacity(PUBLISH_LANES);
+        for lane in 0..PUBLISH_LANES {
+            let (tx, rx) = open(&build, format!("{RESERVED_CLIENT_PREFIX}_lane{lane}")).await?;
+            tokio::spawn(drain(rx));
+            lanes.push(Mutex::new(tx));
+        }
+        Ok(EmbeddedRouter {
+            build,
             ids: Arc::default(),
+            lanes: lanes.into(),
+        })
+    }
+
+    /// The publish lane of the connection `key` (the same lane every time).
+    pub fn lane(&self, key: u64) -> Lane {
+        Lane {
+            lanes: self.lanes.clone(),
+            index: (key % self.lanes.len() as u64) as usize,
         }
     }
 
@@ -92,17 +120,68 @@ impl EmbeddedRouter {
         }
     }
 
-    /// Opens a link of Tributary's own under `client_id`.
-    pub async fn connect(&self, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
-        self.open(client_id).await
+    async fn open(&self, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
+        open(&self.build, client_id).await
+    }
+}
+
+async fn open(build: &Arc<BuildLink>, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
+    let build = build.clone();
+    let (tx, rx, _connack) = tokio::task::spawn_blocking(move || build(client_id))
+        .await
+        .map_err(|_| Box::new(LinkError::NotConnectionAck))??;
+    Ok((tx, rx))
+}
+
+/// Keeps a link that only publishes scheduled: it receives nothing it must
+/// answer.
+async fn drain(mut rx: LinkRx) {
+    loop {
+        match rx.next().await {
+            Ok(Some(Notification::Unschedule)) => {
+                if rx.wake().await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A connection's way to hand publishes to the router without a link of its
+/// own; shared with others, in order for each.
+#[derive(Clone)]
+pub struct Lane {
+    lanes: Arc<[Mutex<LinkTx>]>,
+    index: usize,
+}
+
+impl Lane {
+    fn tx(&self) -> std::sync::MutexGuard<'_, LinkTx> {
+        self.lanes[self.index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn open(&self, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
-        let build = self.build.clone();
-        let (tx, rx, _connack) = tokio::task::spawn_blocking(move || build(client_id))
-            .await
-            .map_err(|_| Box::new(LinkError::NotConnectionAck))??;
-        Ok((tx, rx))
+    /// Hands `packets` to the router, in order, without waiting.
+    pub fn send(&self, packets: Vec<Packet>) -> Result<(), RouterGone> {
+        send_batch_inner(&mut self.tx(), packets)
+    }
+
+    /// Like [`Lane::send`], then waits while the router is far behind on
+    /// this lane.
+    pub async fn send_paced(&self, packets: Vec<Packet>) -> Result<(), RouterGone> {
+        self.send(packets)?;
+        pace(MAX_LANE_BACKLOG, |wake| {
+            let mut tx = self.tx();
+            if wake {
+                rewake(&mut tx)?;
+            }
+            let backlog = tx.buffer().len();
+            Ok(backlog)
+        })
+        .await
     }
 }
 
@@ -151,6 +230,14 @@ impl Drop for RouterLink {
     }
 }
 
+/// The next notification of `router`'s link; pending forever without one.
+pub async fn next(router: &mut Option<RouterLink>) -> Result<Option<Notification>, LinkError> {
+    match router {
+        Some(router) => router.rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The router no longer accepts this link's packets (it dropped the link).
 #[derive(Debug, thiserror::Error)]
 #[error("the router dropped the link")]
@@ -184,11 +271,36 @@ const MAX_ROUTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// [`MAX_ROUTER_BACKLOG`] of this link's packets still to take.
 pub async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
     send_batch_inner(tx, packets)?;
+    pace(MAX_ROUTER_BACKLOG, |wake| {
+        if wake {
+            rewake(tx)?;
+        }
+        Ok(tx.buffer().len())
+    })
+    .await
+}
+
+/// Wakes the router for a link again, without blocking.
+fn rewake(tx: &mut LinkTx) -> Result<(), RouterGone> {
+    match tx.try_unsubscribe(WAKE_FILTER) {
+        Ok(_) | Err(LinkError::TrySend(flume::TrySendError::Full(_))) => Ok(()),
+        Err(_) => Err(RouterGone),
+    }
+}
+
+/// Waits while a link's backlog is above `max`. `look(wake)` reads the
+/// backlog, first waking the router again when `wake` is set: only after no
+/// progress for [`REWAKE_AFTER`], as spare wake-ups that outlive the link are
+/// logged by the router as errors.
+async fn pace(
+    max: usize,
+    mut look: impl FnMut(bool) -> Result<usize, RouterGone>,
+) -> Result<(), RouterGone> {
     let mut pause = std::time::Duration::from_micros(200);
     let waiting_since = std::time::Instant::now();
     let mut last_progress = waiting_since;
-    let mut backlog = tx.buffer().len();
-    while backlog > MAX_ROUTER_BACKLOG {
+    let mut backlog = look(false)?;
+    while backlog > max {
         if waiting_since.elapsed() > MAX_ROUTER_WAIT {
             // The router stopped taking this link's packets (it dropped the
             // link); the link's own notification channel tells it so.
@@ -197,18 +309,12 @@ pub async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(10));
-        let now = tx.buffer().len();
-        if now < backlog {
+        let stalled = last_progress.elapsed() > REWAKE_AFTER;
+        if stalled {
             last_progress = std::time::Instant::now();
-        } else if last_progress.elapsed() > REWAKE_AFTER {
-            // No progress for a while: wake the router again rather than trust
-            // that a notification is still pending for this buffer. (Not on
-            // every turn: spare wake-ups that outlive the link are logged by
-            // the router as errors.)
-            match tx.try_unsubscribe(WAKE_FILTER) {
-                Ok(_) | Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {}
-                Err(_) => return Err(RouterGone),
-            }
+        }
+        let now = look(stalled)?;
+        if now < backlog {
             last_progress = std::time::Instant::now();
         }
         backlog = now;

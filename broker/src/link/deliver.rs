@@ -145,9 +145,8 @@ impl Link {
         }
         for filter in &subscribe.filters {
             if split_shared(&filter.path).1 {
-                self.ctx
-                    .shares
-                    .join(&filter.path, self.member_id, self.handoff_tx.clone());
+                let sender = self.handoff_sender();
+                self.ctx.shares.join(&filter.path, self.member_id, sender);
             }
         }
         self.relay(Packet::Subscribe(subscribe, properties))

@@ -44,7 +44,7 @@ use tributary_bridge::{Producer, RouteTable};
 use tributary_wire::HeaderViolation;
 
 use crate::events;
-use crate::router::{self, EmbeddedRouter, RouterLink};
+use crate::router::{self, EmbeddedRouter, Lane, RouterLink};
 use codec::{next_frame, Frame, Version, PUBLISH};
 use gate::Gate;
 use incoming::Ticket;
@@ -63,6 +63,13 @@ pub const QOS0_BUDGET: usize = 16_384;
 /// QoS 1/2 messages a 3.1.1 client may have unacknowledged (MQTT 5 clients say
 /// theirs as Receive Maximum).
 pub const DEFAULT_CLIENT_WINDOW: usize = 100;
+
+/// Read buffer a connection starts with (a CONNECT fits); it grows with what
+/// arrives and shrinks back once empty.
+const INITIAL_READ_BUFFER: usize = 256;
+/// Buffer capacity kept once empty; larger ones are given back, so an idle
+/// connection costs little whatever it once sent or received.
+const KEPT_BUFFER: usize = 4096;
 
 /// How often a link whose reading stopped on the QoS 0 budget looks again.
 const BUDGET_RECHECK: Duration = Duration::from_millis(2);
@@ -125,7 +132,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
 /// Serves one device connection from its first byte to its close.
 pub async fn serve(stream: impl Transport, peer: SocketAddr, ctx: Arc<LinkContext>) {
     let mut stream: Box<dyn Transport> = Box::new(stream);
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
     let connect = match connect::read_connect(&mut stream, &mut rbuf, &ctx.config).await {
         Ok(connect) => connect,
         Err(refused) => {
@@ -181,37 +188,9 @@ pub async fn serve(stream: impl Transport, peer: SocketAddr, ctx: Arc<LinkContex
         ),
     };
     let router_resumed = router.is_some();
-    let router = match router {
-        Some(router) => Ok(router),
-        None => ctx.router.connect_device().await,
-    };
-    let router = match router {
-        Ok(link) => link,
-        Err(error) => {
-            tracing::error!(%error, "the router refused a link");
-            let mut out = BytesMut::new();
-            let code = ConnectReturnCode::ServiceUnavailable;
-            let connack = Packet::ConnAck(
-                ConnAck {
-                    session_present: false,
-                    code,
-                },
-                None,
-            );
-            if connect.version.encode(connack, &mut out).is_ok() {
-                let _ = stream.write_all(&out).await;
-            }
-            events::ConnectRefused {
-                peer,
-                reason: "router",
-            }
-            .emit();
-            return;
-        }
-    };
 
     let properties = connect.properties.as_ref();
-    let (handoff_tx, handoff_rx) = unbounded_channel();
+    let lane = ctx.router.lane(registration.generation());
     let mut session = session;
     session.client_max_packet_size = properties
         .and_then(|p| p.max_packet_size)
@@ -228,11 +207,13 @@ pub async fn serve(stream: impl Transport, peer: SocketAddr, ctx: Arc<LinkContex
             ctx.wills.clone(),
             connect.client_id.clone(),
             connect.will.clone(),
+            lane.clone(),
         ),
         stream,
         rbuf,
-        wbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::new(),
         router,
+        lane,
         gate: Gate::default(),
         qos0: FuturesUnordered::new(),
         qos2_in_gate: HashSet::new(),
@@ -247,11 +228,11 @@ pub async fn serve(stream: impl Transport, peer: SocketAddr, ctx: Arc<LinkContex
         },
         retained_due: Vec::new(),
         member_id: registration.generation(),
-        handoff_tx,
-        handoff_rx,
+        handoffs: None,
         expiry,
         disconnect_expiry: None,
-        to_router: Vec::new(),
+        to_lane: Vec::new(),
+        to_link: Vec::new(),
         ctx: ctx.clone(),
     };
     link.send_connack(&connect, session_present);
@@ -347,7 +328,10 @@ struct Link {
     stream: Box<dyn Transport>,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    router: RouterLink,
+    /// The connection's own router link: only once it subscribes.
+    router: Option<RouterLink>,
+    /// Where its publishes go to the router.
+    lane: Lane,
     gate: Gate<Ticket>,
     qos0: FuturesUnordered<Qos0Delivery>,
     /// QoS 2 packet ids waiting in the gate (not yet PUBREC'd); those
@@ -365,13 +349,16 @@ struct Link {
     retained_due: Vec<deliver::RetainedDue>,
     /// This connection as a member of shared subscriptions (see `shares`).
     member_id: u64,
-    handoff_tx: UnboundedSender<Handoff>,
-    handoff_rx: UnboundedReceiver<Handoff>,
+    /// Shares handed to this connection by other members (see `shares`);
+    /// made when it first joins a shared subscription.
+    handoffs: Option<(UnboundedSender<Handoff>, UnboundedReceiver<Handoff>)>,
     expiry: Expiry,
     /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
     disconnect_expiry: Option<u32>,
-    /// Packets for the router, handed over in one batch per loop turn.
-    to_router: Vec<Packet>,
+    /// Publishes for the router, handed over in one batch per loop turn.
+    to_lane: Vec<Packet>,
+    /// Everything else for the router (subscriptions, acknowledgements).
+    to_link: Vec<Packet>,
 }
 
 impl Link {
@@ -419,6 +406,10 @@ impl Link {
             if let Err(end) = self.handle_buffered_frames().await {
                 return end;
             }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEPT_BUFFER {
+                // A burst or a large packet grew it: idle connections stay small.
+                self.rbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
+            }
             if let Err(end) = self.flush_router().await {
                 return end;
             }
@@ -446,7 +437,7 @@ impl Link {
                     }
                 }
                 Some(_) = self.qos0.next(), if !self.qos0.is_empty() => {}
-                Some(handoff) = self.handoff_rx.recv() => {
+                Some(handoff) = next_handoff(&mut self.handoffs) => {
                     if let Err(end) = self.handle_handoff(handoff) {
                         return end;
                     }
@@ -463,7 +454,7 @@ impl Link {
                 },
                 // A full outbox leaves the rest with the router until the
                 // device catches up.
-                notification = self.router.rx.next(), if !self.session.outbox.is_full() => {
+                notification = router::next(&mut self.router), if !self.session.outbox.is_full() => {
                     if let Err(end) = self.handle_notification(notification).await {
                         return end;
                     }
@@ -623,7 +614,9 @@ impl Link {
                 packet => self.write(packet),
             },
             Ok(Some(Notification::Unschedule)) => {
-                self.router.rx.wake().await.map_err(|_| End::RouterGone)?;
+                if let Some(router) = self.router.as_mut() {
+                    router.rx.wake().await.map_err(|_| End::RouterGone)?;
+                }
             }
             Ok(Some(Notification::Disconnect(disconnect, properties))) => {
                 self.write(Packet::Disconnect(disconnect, properties));
@@ -637,18 +630,39 @@ impl Link {
 
     /// Queues `packet` for the router; it goes with the next batch.
     fn relay(&mut self, packet: Packet) -> Result<(), End> {
-        self.to_router.push(packet);
+        match packet {
+            Packet::Publish(..) => self.to_lane.push(packet),
+            packet => self.to_link.push(packet),
+        }
         Ok(())
     }
 
     /// Hands the router everything relayed since the last batch, in order, and
-    /// waits while the router is far behind on this link's packets.
+    /// waits while the router is far behind. The connection's own router link
+    /// is opened here, the first time it has something to carry.
     async fn flush_router(&mut self) -> Result<(), End> {
-        if self.to_router.is_empty() {
+        if !self.to_lane.is_empty() {
+            let batch = std::mem::take(&mut self.to_lane);
+            self.lane
+                .send_paced(batch)
+                .await
+                .map_err(|_| End::RouterGone)?;
+        }
+        if self.to_link.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.to_router);
-        router::send_batch_paced(&mut self.router.tx, batch)
+        let router = match &mut self.router {
+            Some(router) => router,
+            None => {
+                let opened = self.ctx.router.connect_device().await.map_err(|error| {
+                    tracing::error!(%error, "the router refused a link");
+                    End::RouterGone
+                })?;
+                self.router.insert(opened)
+            }
+        };
+        let batch = std::mem::take(&mut self.to_link);
+        router::send_batch_paced(&mut router.tx, batch)
             .await
             .map_err(|_| End::RouterGone)
     }
@@ -664,6 +678,9 @@ impl Link {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+            if self.wbuf.capacity() > KEPT_BUFFER {
+                self.wbuf = BytesMut::new();
+            }
         }
         Ok(())
     }
@@ -687,9 +704,9 @@ impl Link {
         let Link {
             ctx,
             mut session,
-            mut router,
+            router,
             member_id,
-            handoff_rx,
+            handoffs,
             will,
             stream,
             ..
@@ -703,13 +720,13 @@ impl Link {
             will.cancel();
         }
         let router_alive = end != End::RouterGone;
-        hand_off_shares(&ctx, member_id, &mut session, handoff_rx);
+        hand_off_shares(&ctx, member_id, &mut session, handoffs.map(|(_, rx)| rx));
         // On takeover the new connection decides the session's fate; it takes
         // it over at once.
         let keep_for = match (end, expiry) {
             (End::TakenOver, Expiry::AtDisconnect) => Some(TAKEN_OVER_KEPT),
             (_, Expiry::AtDisconnect) => {
-                router.leave();
+                drop(router);
                 return ended(end, registration);
             }
             (_, Expiry::After(after)) => Some(after),
@@ -726,24 +743,36 @@ impl Link {
         // subscriptions: shares go to the group's connected members
         // [MQTT-4.8.2]. Without plain subscriptions the router keeps nothing.
         let shared = session.subscriptions.shared_filters();
-        let router = if router_alive && session.subscriptions.has_plain() {
-            if !shared.is_empty() {
-                let unsubscribe = Unsubscribe {
-                    pkid: deliver::OWN_PKID,
-                    filters: shared.into_iter().map(|f| f.path).collect(),
-                };
-                let _ = router::send_batch(
-                    &mut router.tx,
-                    vec![Packet::Unsubscribe(unsubscribe, None)],
-                );
+        let router = match router {
+            Some(mut router) if router_alive && session.subscriptions.has_plain() => {
+                if !shared.is_empty() {
+                    let unsubscribe = Unsubscribe {
+                        pkid: deliver::OWN_PKID,
+                        filters: shared.into_iter().map(|f| f.path).collect(),
+                    };
+                    let _ = router::send_batch(
+                        &mut router.tx,
+                        vec![Packet::Unsubscribe(unsubscribe, None)],
+                    );
+                }
+                Some(router)
             }
-            Some(router)
-        } else {
-            router.leave();
-            None
+            Some(router) => {
+                router.leave();
+                None
+            }
+            None => None,
         };
         ctx.sessions.park(Parked { session, router }, keep_for);
         ended(end, registration);
+    }
+
+    /// Where other members hand this connection their shares.
+    fn handoff_sender(&mut self) -> UnboundedSender<Handoff> {
+        self.handoffs
+            .get_or_insert_with(unbounded_channel)
+            .0
+            .clone()
     }
 
     /// Picks a resumed session up where its last connection left it: what the
@@ -763,10 +792,15 @@ impl Link {
             );
             let _ = version.encode(pubrel, out);
         });
-        for path in self.session.subscriptions.shared_paths() {
-            self.ctx
-                .shares
-                .join(path, self.member_id, self.handoff_tx.clone());
+        let shared: Vec<String> = self
+            .session
+            .subscriptions
+            .shared_paths()
+            .map(str::to_owned)
+            .collect();
+        for path in &shared {
+            let sender = self.handoff_sender();
+            self.ctx.shares.join(path, self.member_id, sender);
         }
         let filters = if router_resumed {
             self.session.subscriptions.shared_filters()
@@ -795,13 +829,16 @@ fn hand_off_shares(
     ctx: &LinkContext,
     member_id: u64,
     session: &mut Session,
-    mut handoff_rx: UnboundedReceiver<Handoff>,
+    handoff_rx: Option<UnboundedReceiver<Handoff>>,
 ) {
     for path in session.subscriptions.shared_paths() {
         ctx.shares.leave(path, member_id);
     }
-    handoff_rx.close();
-    while let Ok(handoff) = handoff_rx.try_recv() {
+    let mut handoff_rx = handoff_rx;
+    if let Some(rx) = handoff_rx.as_mut() {
+        rx.close();
+    }
+    while let Some(Ok(handoff)) = handoff_rx.as_mut().map(UnboundedReceiver::try_recv) {
         if let Err(handoff) = ctx.shares.hand_off(handoff, member_id) {
             if let Some(options) = session.subscriptions.get(&handoff.filter).cloned() {
                 session.accept_handoff(handoff, &options, false);
@@ -839,6 +876,17 @@ fn ended(end: End, registration: Registration) {
     .emit();
     // Last: a successor waiting to take over may now find the stored session.
     drop(registration);
+}
+
+/// The next share handed to this connection; pending forever before it joins
+/// a shared subscription.
+async fn next_handoff(
+    handoffs: &mut Option<(UnboundedSender<Handoff>, UnboundedReceiver<Handoff>)>,
+) -> Option<Handoff> {
+    match handoffs {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long a connection the server ends is read (and discarded) after its

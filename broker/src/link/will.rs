@@ -6,20 +6,18 @@
 //! A will is never published after a clean DISCONNECT, nor when its client
 //! reconnects within the will delay.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{LastWill, LastWillProperties, Packet, Publish, PublishProperties};
-use rumqttd::Notification;
 use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
 
 use crate::events;
 use crate::link::origin::Origin;
 use crate::link::retained::{Retained, RetainedMessage};
 use crate::link::sessions::Sessions;
-use crate::router::{self, EmbeddedRouter, RESERVED_CLIENT_PREFIX};
+use crate::router::Lane;
 
 /// A connection's will, as given in its CONNECT.
 #[derive(Debug, Clone)]
@@ -73,20 +71,24 @@ impl Will {
 pub struct PendingWill {
     will: Option<(Arc<str>, Will)>,
     wills: Wills,
+    /// The connection's own publish lane: its will never overtakes what it
+    /// published before.
+    lane: Lane,
 }
 
 impl PendingWill {
-    pub fn new(wills: Wills, client_id: Arc<str>, will: Option<Will>) -> PendingWill {
+    pub fn new(wills: Wills, client_id: Arc<str>, will: Option<Will>, lane: Lane) -> PendingWill {
         PendingWill {
             will: will.map(|will| (client_id, will)),
             wills,
+            lane,
         }
     }
 
     /// Schedules the will (after its delay).
     pub fn fire(mut self) {
         if let Some((client_id, will)) = self.will.take() {
-            self.wills.schedule(client_id, will);
+            self.wills.schedule(client_id, will, self.lane.clone());
         }
     }
 
@@ -100,7 +102,7 @@ impl Drop for PendingWill {
     fn drop(&mut self) {
         if let Some((client_id, will)) = self.will.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
-                self.wills.schedule(client_id, will);
+                self.wills.schedule(client_id, will, self.lane.clone());
             }
         }
     }
@@ -109,7 +111,6 @@ impl Drop for PendingWill {
 /// Publishes wills through Tributary's own router link.
 #[derive(Clone)]
 pub struct Wills {
-    tx: Arc<Mutex<LinkTx>>,
     producer: Producer,
     routes: Arc<RouteTable>,
     sessions: Sessions,
@@ -117,30 +118,23 @@ pub struct Wills {
 }
 
 impl Wills {
-    /// Opens the router link wills are published on.
-    pub async fn start(
-        router: &EmbeddedRouter,
+    pub fn new(
         producer: Producer,
         routes: Arc<RouteTable>,
         sessions: Sessions,
         retained: Arc<Retained>,
-    ) -> anyhow::Result<Wills> {
-        let (tx, rx) = router
-            .connect(format!("{RESERVED_CLIENT_PREFIX}_wills"))
-            .await?;
-        tokio::spawn(drain(rx));
-        Ok(Wills {
-            tx: Arc::new(Mutex::new(tx)),
+    ) -> Wills {
+        Wills {
             producer,
             routes,
             sessions,
             retained,
-        })
+        }
     }
 
     /// Publishes `will` of `client_id` after its delay, unless the client
     /// reconnects first.
-    pub fn schedule(&self, client_id: Arc<str>, will: Will) {
+    pub fn schedule(&self, client_id: Arc<str>, will: Will, lane: Lane) {
         let wills = self.clone();
         tokio::spawn(async move {
             if !will.delay.is_zero() {
@@ -155,11 +149,11 @@ impl Wills {
                     return;
                 }
             }
-            wills.publish(&client_id, will).await;
+            wills.publish(&client_id, will, &lane).await;
         });
     }
 
-    async fn publish(&self, client_id: &Arc<str>, will: Will) {
+    async fn publish(&self, client_id: &Arc<str>, will: Will, lane: &Lane) {
         let Ok(topic) = std::str::from_utf8(&will.topic) else {
             return; // validated at CONNECT
         };
@@ -193,29 +187,13 @@ impl Wills {
         }
         // Retained messages are the gateway's (see `retained`).
         let publish = Publish::new(will.topic, will.payload, false);
-        let sent = {
-            let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-            router::send(&mut tx, Packet::Publish(publish, properties))
-        };
+        let sent = lane
+            .send_paced(vec![Packet::Publish(publish, properties)])
+            .await;
         events::WillPublished {
             kafka_ok,
             router_ok: sent.is_ok(),
         }
         .emit();
-    }
-}
-
-/// Keeps the wills link scheduled: it receives nothing it must answer.
-async fn drain(mut rx: LinkRx) {
-    loop {
-        match rx.next().await {
-            Ok(Some(Notification::Unschedule)) => {
-                if rx.wake().await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
     }
 }
