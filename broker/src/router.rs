@@ -125,7 +125,10 @@ impl EmbeddedRouter {
     }
 }
 
-async fn open(build: &Arc<BuildLink>, client_id: String) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
+async fn open(
+    build: &Arc<BuildLink>,
+    client_id: String,
+) -> Result<(LinkTx, LinkRx), Box<LinkError>> {
     let build = build.clone();
     let (tx, rx, _connack) = tokio::task::spawn_blocking(move || build(client_id))
         .await

@@ -14,7 +14,7 @@ use rumqttd::protocol::{
 use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, PendingDelivery, Record};
 
 use super::codec::{self, Version};
-use super::gate::Released;
+use super::gate::{AllDelivered, Released};
 use super::origin::Origin;
 use super::retained::RetainedMessage;
 use super::{valid_topic_name, End, Link, LinkContext, TOPIC_ALIAS_MAX};
@@ -91,8 +91,11 @@ impl Link {
         if repeat {
             // A re-send of a QoS 2 publish we already have [MQTT-4.3.3]: the
             // first copy went (or is going) to Kafka; do not produce it again.
-            self.gate
-                .push(Ticket::Repeat { pkid: meta.pkid }, received, Ok(Vec::new()));
+            self.gate.push(
+                Ticket::Repeat { pkid: meta.pkid },
+                received,
+                AllDelivered::new(Ok(Vec::new())),
+            );
             return Ok(());
         }
 
@@ -150,7 +153,8 @@ impl Link {
                     properties,
                     retained,
                 };
-                self.gate.push(ticket, received, deliveries);
+                self.gate
+                    .push(ticket, received, AllDelivered::new(deliveries));
                 Ok(())
             }
         }
@@ -187,7 +191,10 @@ impl Link {
         Ok(())
     }
 
-    pub(super) fn handle_release(&mut self, released: Released<Ticket>) -> Result<(), End> {
+    pub(super) fn handle_release(
+        &mut self,
+        released: Released<Ticket, DeliveryError>,
+    ) -> Result<(), End> {
         let Released {
             ticket,
             outcome,

@@ -46,7 +46,7 @@ use tributary_wire::HeaderViolation;
 use crate::events;
 use crate::router::{self, EmbeddedRouter, Lane, RouterLink};
 use codec::{next_frame, Frame, Version, PUBLISH};
-use gate::Gate;
+use gate::{AllDelivered, Gate};
 use incoming::Ticket;
 use session::Session;
 use sessions::{Expiry, Parked, Registration, Sessions};
@@ -332,7 +332,7 @@ struct Link {
     router: Option<RouterLink>,
     /// Where its publishes go to the router.
     lane: Lane,
-    gate: Gate<Ticket>,
+    gate: Gate<Ticket, AllDelivered>,
     qos0: FuturesUnordered<Qos0Delivery>,
     /// QoS 2 packet ids waiting in the gate (not yet PUBREC'd); those
     /// PUBREC'd and awaiting PUBREL are the session's.
