@@ -81,6 +81,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         RouteTable::compile(&config.routes)
             .map_err(|problems| anyhow::anyhow!("invalid routes:\n{problems}"))?,
     );
+    if routes.is_empty() {
+        events::NoRoutes.emit();
+    }
     let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -1,9 +1,48 @@
 //! The binary as an operator runs it.
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
 fn tributary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tributary"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    // The operator's own overrides must not leak into what these tests check.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRIBUTARY__") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A config file of the test's own, removed when dropped.
+struct TempConfig {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempConfig {
+    fn new(name: &str, text: &str) -> TempConfig {
+        let dir = std::env::temp_dir().join(format!("tributary-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        TempConfig { dir, path }
+    }
+
+    fn check(&self) -> Output {
+        tributary()
+            .arg("--config")
+            .arg(&self.path)
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[test]
@@ -21,9 +60,101 @@ fn check_config_accepts_the_shipped_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("configuration is valid (1 route): checked "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with("conf/tributary.toml"),
+        "{stdout}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no warnings");
+}
+
+#[test]
+fn check_config_says_when_only_the_defaults_were_checked_and_warns_of_no_routes() {
+    let dir = std::env::temp_dir().join(format!("tributary-cli-{}-nofile", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // No --config and no conf/tributary.toml where it runs: built-in defaults.
+    let out = tributary()
+        .arg("--check-config")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "configuration is valid\n"
+        "configuration is valid (0 routes): checked built-in defaults (no configuration file)\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: no [[routes]] configured: nothing is forwarded to Kafka"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem_of_every_route_with_its_index() {
+    // The first route's wrong key type used to hide the rest of that route, and
+    // the second route's problems came out as routes[0].
+    let config = TempConfig::new(
+        "two-bad-routes",
+        r##"
+[[routes]]
+name = "first route"
+mqtt_filters = "a/#"
+kafka_topic = "a"
+key = "bogus"
+colour = "red"
+
+[[routes]]
+name = "second"
+mqtt_filters = ["b/#/c", "d/e+"]
+kafka_topic = "b c"
+"##,
+    );
+    let out = config.check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let expected = [
+        "routes[0].mqtt_filters: invalid type: string \"a/#\", expected a sequence",
+        "routes[0].key: unknown value `bogus`, expected one of `topic`, `client_id`, `none`",
+        "routes[0].colour: unknown field `colour`",
+        "routes[0].name: ' ' is not allowed",
+        "routes[1].mqtt_filters[0]: '#' must be the last level",
+        "routes[1].mqtt_filters[1]: '+' must occupy a whole level",
+        "routes[1].kafka_topic: ' ' is not allowed in a Kafka topic name",
+    ];
+    for line in expected {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+    let first = stderr.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "invalid configuration (7 problems): checked {}",
+            config.path.display()
+        )
+    );
+    assert_eq!(stderr.lines().count(), 1 + expected.len(), "{stderr}");
+    assert!(!stderr.contains("KeySource"), "{stderr}");
+}
+
+#[test]
+fn check_config_counts_one_problem_in_the_singular() {
+    let config = TempConfig::new("one-problem", "[log]\nformat = \"xml\"\n");
+    let out = config.check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("invalid configuration (1 problem): checked "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("log.format: unknown value `xml`, expected one of `human`, `json`"),
+        "{stderr}"
     );
 }
 
@@ -78,6 +209,10 @@ kafka_topic = "x"
         );
     }
     assert!(stderr.contains("(5 problems)"), "{stderr}");
+    assert!(
+        stderr.contains("with environment overrides TRIBUTARY__LOG__FORMAT"),
+        "{stderr}"
+    );
 }
 
 #[test]
