@@ -1,7 +1,9 @@
 //! The binary as an operator runs it.
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn tributary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
@@ -37,6 +39,44 @@ impl TempConfig {
             .output()
             .unwrap()
     }
+}
+
+/// A Tributary whose Kafka is down from the start: nothing listens on port 1 of
+/// loopback.
+const KAFKA_DOWN: &str = r##"
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+[[routes]]
+name = "telemetry"
+mqtt_filters = ["sensors/#"]
+kafka_topic = "sensors"
+"##;
+
+/// Runs Tributary on `config` for `how_long` with its log going to a pipe, as
+/// under a service manager; returns the log.
+fn log_of_a_run(config: &TempConfig, how_long: Duration) -> String {
+    let mut child = tributary()
+        .arg("--config")
+        .arg(&config.path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    // Read while it runs, so a chatty log cannot fill the pipe and stall it.
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    std::thread::sleep(how_long);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap()
 }
 
 impl Drop for TempConfig {
@@ -224,4 +264,31 @@ fn a_missing_config_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/tributary.toml"), "{stderr}");
+}
+
+#[test]
+fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
+    let config = TempConfig::new("no-colour", KAFKA_DOWN);
+    let log = log_of_a_run(&config, Duration::from_secs(2));
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in a piped log:\n{log}");
+}
+
+#[test]
+fn the_log_is_coloured_on_a_terminal() {
+    let config = TempConfig::new("colour", KAFKA_DOWN);
+    // `script` (util-linux) runs it on a pseudo-terminal and copies what it wrote.
+    let command = format!(
+        "timeout -s KILL 2 {} --config {}",
+        env!("CARGO_BIN_EXE_tributary"),
+        config.path.display()
+    );
+    let out = Command::new("script")
+        .args(["-q", "-c", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) is installed");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("listening"), "{log}");
+    assert!(log.contains("\x1b["), "no colour on a terminal:\n{log}");
 }
