@@ -13,7 +13,7 @@ pub mod record;
 pub mod route;
 
 pub use config::KafkaConfig;
-pub use health::{spawn_metadata_probe, KafkaHealth};
+pub use health::{spawn_metadata_probe, KafkaHealth, NotReady, Unreachable};
 pub use problems::{Problem, Problems};
 pub use producer::{Delivered, DeliveryError, PendingDelivery, Producer};
 pub use record::{MqttPublish, Record};
