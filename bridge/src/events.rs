@@ -79,21 +79,29 @@ impl DeliveryFailed<'_> {
     }
 }
 
-/// librdkafka reported a client-level error (not tied to one record).
+/// librdkafka reported a client-level error (not tied to one record). Counted
+/// every time; logged as the throttle allows.
 pub struct KafkaClientError<'a> {
     pub error: &'a KafkaError,
+    /// The error code's name: the metric label and the throttle's kind.
+    pub kind: &'a str,
     pub reason: &'a str,
+    /// `Some(n)`: log it, `n` like it having been suppressed since the last
+    /// one logged. `None`: debug level only.
+    pub suppressed: Option<u64>,
 }
 
 impl KafkaClientError<'_> {
     pub fn emit(self) {
-        let code = self
-            .error
-            .rdkafka_error_code()
-            .map(|c| format!("{c:?}"))
-            .unwrap_or_else(|| "other".into());
-        tracing::warn!(error = %self.error, reason = self.reason, "Kafka client error");
-        metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => code).increment(1);
+        let (error, reason) = (self.error, self.reason);
+        match self.suppressed {
+            None => tracing::debug!(%error, reason, "Kafka client error"),
+            Some(0) => tracing::warn!(%error, reason, "Kafka client error"),
+            Some(suppressed) => {
+                tracing::warn!(%error, reason, suppressed, "Kafka client error")
+            }
+        }
+        metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => self.kind.to_owned()).increment(1);
     }
 }
 
@@ -102,23 +110,49 @@ pub struct LibrdkafkaLog<'a> {
     pub level: RDKafkaLogLevel,
     pub facility: &'a str,
     pub message: &'a str,
+    /// As for [`KafkaClientError::suppressed`].
+    pub suppressed: Option<u64>,
+}
+
+/// One librdkafka line at `$level`, naming how many like it were suppressed.
+macro_rules! librdkafka_line {
+    ($level:expr, $facility:expr, $message:expr, $suppressed:expr) => {
+        match $suppressed {
+            0 => tracing::event!(target: "librdkafka", $level, facility = $facility, "{}", $message),
+            suppressed => tracing::event!(
+                target: "librdkafka",
+                $level,
+                facility = $facility,
+                suppressed,
+                "{}",
+                $message
+            ),
+        }
+    };
 }
 
 impl LibrdkafkaLog<'_> {
     pub fn emit(self) {
+        use tracing::Level;
         let (facility, message) = (self.facility, self.message);
+        let Some(suppressed) = self.suppressed else {
+            tracing::debug!(target: "librdkafka", facility, "{message}");
+            return;
+        };
         match self.level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility, "{message}")
+                librdkafka_line!(Level::ERROR, facility, message, suppressed)
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Warning => {
+                librdkafka_line!(Level::WARN, facility, message, suppressed)
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility, "{message}")
+                librdkafka_line!(Level::INFO, facility, message, suppressed)
             }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Debug => librdkafka_line!(Level::DEBUG, facility, message, suppressed),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! acknowledged, it only reports truthfully what Kafka said.
 
 pub mod config;
+pub mod context;
 pub mod events;
 pub mod health;
+pub mod log_throttle;
 pub mod problems;
 pub mod producer;
 pub mod record;

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::DeliveryFuture;
@@ -19,6 +18,7 @@ use rdkafka::util::Timeout;
 use thiserror::Error;
 
 use crate::config::KafkaConfig;
+use crate::context::BridgeContext;
 use crate::events;
 use crate::health::KafkaHealth;
 use crate::record::Record;
@@ -87,34 +87,6 @@ impl DeliveryError {
     }
 }
 
-/// Routes librdkafka's log lines and client errors into our logs and metrics,
-/// and tells [`KafkaHealth`] the moment all brokers are down.
-pub struct BridgeContext {
-    health: KafkaHealth,
-}
-
-impl ClientContext for BridgeContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        events::LibrdkafkaLog {
-            level,
-            facility,
-            message,
-        }
-        .emit();
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.all_brokers_down();
-        }
-        events::KafkaClientError {
-            error: &error,
-            reason,
-        }
-        .emit();
-    }
-}
-
 /// The gateway's producer: cheap to clone, one librdkafka instance behind it.
 #[derive(Clone)]
 pub struct Producer {
@@ -131,9 +103,7 @@ impl Producer {
         let mut client = config.producer_config();
         client.set_log_level(RDKafkaLogLevel::Info);
         let health = KafkaHealth::new(config.metadata_max_age());
-        let inner = client.create_with_context(BridgeContext {
-            health: health.clone(),
-        })?;
+        let inner = client.create_with_context(BridgeContext::new(health.clone()))?;
         Ok(Producer {
             inner,
             health,

@@ -16,6 +16,9 @@ use common::OwnKafka;
 /// This test's own Kafka, which it stops and restarts (kafka_down.rs has 19392).
 const KAFKA_PORT: u16 = 19394;
 
+/// Set in the config; must never show in the log.
+const SECRET: &str = "never-log-this-password";
+
 /// A `tributary` process whose log (stderr) is collected line by line.
 struct Tributary {
     child: Child,
@@ -125,12 +128,15 @@ listen = "127.0.0.1:0"
 bootstrap_servers = "{bootstrap}"
 metadata_probe_interval_ms = 1000
 metadata_max_age_ms = 10000
+[kafka.properties]
+"sasl.username" = "gateway"
+"sasl.password" = "{SECRET}"
 [[routes]]
 name = "telemetry"
 mqtt_filters = ["sensors/#"]
 kafka_topic = "sensors"
 "##,
-        bootstrap = kafka.bootstrap()
+        bootstrap = kafka.bootstrap(),
     ));
     let http = tributary.http_addr();
     readyz_becomes(http, 200, Duration::from_secs(30)).await;
@@ -145,6 +151,23 @@ kafka_topic = "sensors"
     );
     println!("/readyz 503 {took:?} after Kafka stopped");
 
+    // librdkafka retries many times a second; the log stays readable.
+    std::thread::sleep(Duration::from_secs(5));
+    let during_outage = tributary.log()[before_outage..].to_vec();
+    println!("log during the outage:\n{}", during_outage.join("\n"));
+    assert!(
+        during_outage.len() <= 10,
+        "{} lines in 5 s of outage:\n{}",
+        during_outage.len(),
+        during_outage.join("\n")
+    );
+    assert!(
+        !during_outage
+            .iter()
+            .any(|line| line.contains("Kafka client error") && line.contains("AllBrokersDown")),
+        "all brokers down is told by \"Kafka unreachable\" alone"
+    );
+
     kafka.restart();
     readyz_becomes(http, 200, Duration::from_secs(60)).await;
     let again = tributary.lines_with("Kafka reachable again", before_outage);
@@ -158,4 +181,7 @@ kafka_topic = "sensors"
         "one line for the outage:\n{}",
         tributary.log().join("\n")
     );
+    let log = tributary.log().join("\n");
+    assert!(!log.contains(SECRET), "a secret in the log:\n{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a piped log");
 }
