@@ -44,9 +44,9 @@ pub enum NotReady {
         cause: Unreachable,
         since: Duration,
     },
-    /// Reachable as far as anyone said, but the metadata probe has not succeeded
-    /// for too long (it may be stuck).
-    MetadataStale {
+    /// Not known to be down, but Kafka has not answered for too long (the
+    /// metadata probe may be stuck).
+    NoRecentAnswer {
         age: Duration,
         limit: Duration,
     },
@@ -59,10 +59,9 @@ impl fmt::Display for NotReady {
             NotReady::Unreachable { cause, since } => {
                 write!(f, "Kafka unreachable ({}) for {since:.0?}", cause.label())
             }
-            NotReady::MetadataStale { age, limit } => write!(
-                f,
-                "Kafka metadata last fetched {age:.0?} ago (limit {limit:?})"
-            ),
+            NotReady::NoRecentAnswer { age, limit } => {
+                write!(f, "Kafka last answered {age:.0?} ago (limit {limit:?})")
+            }
         }
     }
 }
@@ -90,7 +89,9 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct State {
-    metadata_at: Option<Instant>,
+    /// When Kafka last answered: a metadata fetch, or the delivery report that
+    /// ended an outage (later ones take the fast path and leave this alone).
+    answered_at: Option<Instant>,
     /// Since when, and why, Kafka is unreachable; `None` while reachable or not
     /// tried yet.
     down: Option<(Instant, Unreachable)>,
@@ -112,7 +113,7 @@ impl KafkaHealth {
         }
     }
 
-    /// `Ok` when Kafka is reachable and its metadata fresh, else why not.
+    /// `Ok` when Kafka is reachable and answered recently, else why not.
     pub fn readiness(&self) -> Result<(), NotReady> {
         let state = self.lock();
         if let Some((since, cause)) = state.down {
@@ -121,12 +122,12 @@ impl KafkaHealth {
                 since: since.elapsed(),
             });
         }
-        let Some(metadata_at) = state.metadata_at else {
+        let Some(answered_at) = state.answered_at else {
             return Err(NotReady::NotReachedYet);
         };
-        let age = metadata_at.elapsed();
+        let age = answered_at.elapsed();
         if age > self.shared.metadata_max_age {
-            return Err(NotReady::MetadataStale {
+            return Err(NotReady::NoRecentAnswer {
                 age,
                 limit: self.shared.metadata_max_age,
             });
@@ -152,7 +153,7 @@ impl KafkaHealth {
             result: Ok(brokers),
         }
         .emit();
-        self.lock().metadata_at = Some(Instant::now());
+        self.lock().answered_at = Some(Instant::now());
         self.mark_reachable();
     }
 
@@ -161,7 +162,7 @@ impl KafkaHealth {
     /// an outage.
     pub fn metadata_failed(&self, error: &KafkaError) {
         events::MetadataProbed { result: Err(error) }.emit();
-        let last_success = self.lock().metadata_at.unwrap_or(self.shared.started);
+        let last_success = self.lock().answered_at.unwrap_or(self.shared.started);
         if last_success.elapsed() > self.shared.metadata_max_age {
             self.mark_unreachable(Unreachable::MetadataFailing, Some(error));
         }
@@ -192,6 +193,7 @@ impl KafkaHealth {
                 return;
             }
             self.shared.reachable.store(true, Ordering::Release);
+            state.answered_at = Some(Instant::now());
             let again = state.ever_reached;
             state.ever_reached = true;
             (state.down.take().map(|(since, _)| since.elapsed()), again)
@@ -243,14 +245,27 @@ mod tests {
     fn not_ready_until_kafka_answers() {
         let health = KafkaHealth::new(MAX_AGE);
         assert_eq!(health.readiness(), Err(NotReady::NotReachedYet));
-        health.delivered();
-        assert_eq!(
-            health.readiness(),
-            Err(NotReady::NotReachedYet),
-            "a delivery alone says nothing of metadata"
-        );
         health.metadata_fetched(1);
         assert_eq!(health.readiness(), Ok(()));
+
+        let health = KafkaHealth::new(MAX_AGE);
+        health.delivered();
+        assert_eq!(health.readiness(), Ok(()), "a delivery is an answer too");
+    }
+
+    #[test]
+    fn the_delivery_that_ends_a_long_outage_makes_ready_at_once() {
+        let health = KafkaHealth::new(Duration::from_millis(50));
+        health.metadata_fetched(1);
+        health.all_brokers_down();
+        std::thread::sleep(Duration::from_millis(100));
+        health.delivered();
+        assert_eq!(health.readiness(), Ok(()));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            matches!(health.readiness(), Err(NotReady::NoRecentAnswer { .. })),
+            "and the probe has to keep answering after it"
+        );
     }
 
     #[test]
