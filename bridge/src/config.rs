@@ -56,7 +56,9 @@ pub struct KafkaConfig {
     pub queue_max_kbytes: u64,
     /// How often Kafka metadata is fetched to check Kafka is reachable, in ms.
     pub metadata_probe_interval_ms: u64,
-    /// `/readyz` fails when the last successful metadata fetch is older than this, in ms.
+    /// `/readyz` fails when the last successful metadata fetch is older than this,
+    /// in ms. (It fails at once, whatever the age, when librdkafka reports all
+    /// brokers down.)
     pub metadata_max_age_ms: u64,
     /// Extra librdkafka producer properties, passed through untouched (SSL, SASL,
     /// compression, batching…). See librdkafka's CONFIGURATION.md. Environment

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 
+use crate::health::Unreachable;
 use crate::producer::DeliveryError;
 
 /// Records Kafka confirmed, by `route`.
@@ -18,7 +19,9 @@ pub const KAFKA_DELIVERY_SECONDS: &str = "tributary_kafka_delivery_seconds";
 pub const KAFKA_CLIENT_ERRORS_TOTAL: &str = "tributary_kafka_client_errors_total";
 /// Records queued or in flight in the producer, not yet reported on.
 pub const KAFKA_QUEUED_RECORDS: &str = "tributary_kafka_queued_records";
-/// 1 while the last metadata fetch succeeded, else 0.
+/// 1 while Kafka is reachable, 0 from the moment librdkafka reports all brokers
+/// down (or metadata requests have failed for `kafka.metadata_max_age_ms`) until
+/// a delivery or a metadata fetch succeeds again.
 pub const KAFKA_UP: &str = "tributary_kafka_up";
 
 /// One route's delivery metrics, registered once: the hot path only bumps
@@ -76,21 +79,29 @@ impl DeliveryFailed<'_> {
     }
 }
 
-/// librdkafka reported a client-level error (not tied to one record).
+/// librdkafka reported a client-level error (not tied to one record). Counted
+/// every time; logged as the throttle allows.
 pub struct KafkaClientError<'a> {
     pub error: &'a KafkaError,
+    /// The error code's name: the metric label and the throttle's kind.
+    pub kind: &'a str,
     pub reason: &'a str,
+    /// `Some(n)`: log it, `n` like it having been suppressed since the last
+    /// one logged. `None`: debug level only.
+    pub suppressed: Option<u64>,
 }
 
 impl KafkaClientError<'_> {
     pub fn emit(self) {
-        let code = self
-            .error
-            .rdkafka_error_code()
-            .map(|c| format!("{c:?}"))
-            .unwrap_or_else(|| "other".into());
-        tracing::warn!(error = %self.error, reason = self.reason, "Kafka client error");
-        metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => code).increment(1);
+        let (error, reason) = (self.error, self.reason);
+        match self.suppressed {
+            None => tracing::debug!(%error, reason, "Kafka client error"),
+            Some(0) => tracing::warn!(%error, reason, "Kafka client error"),
+            Some(suppressed) => {
+                tracing::warn!(%error, reason, suppressed, "Kafka client error")
+            }
+        }
+        metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => self.kind.to_owned()).increment(1);
     }
 }
 
@@ -99,46 +110,118 @@ pub struct LibrdkafkaLog<'a> {
     pub level: RDKafkaLogLevel,
     pub facility: &'a str,
     pub message: &'a str,
+    /// As for [`KafkaClientError::suppressed`].
+    pub suppressed: Option<u64>,
+}
+
+/// One librdkafka line at `$level`, naming how many like it were suppressed.
+macro_rules! librdkafka_line {
+    ($level:expr, $facility:expr, $message:expr, $suppressed:expr) => {
+        match $suppressed {
+            0 => tracing::event!(target: "librdkafka", $level, facility = $facility, "{}", $message),
+            suppressed => tracing::event!(
+                target: "librdkafka",
+                $level,
+                facility = $facility,
+                suppressed,
+                "{}",
+                $message
+            ),
+        }
+    };
 }
 
 impl LibrdkafkaLog<'_> {
     pub fn emit(self) {
+        use tracing::Level;
         let (facility, message) = (self.facility, self.message);
+        let Some(suppressed) = self.suppressed else {
+            tracing::debug!(target: "librdkafka", facility, "{message}");
+            return;
+        };
         match self.level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility, "{message}")
+                librdkafka_line!(Level::ERROR, facility, message, suppressed)
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Warning => {
+                librdkafka_line!(Level::WARN, facility, message, suppressed)
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility, "{message}")
+                librdkafka_line!(Level::INFO, facility, message, suppressed)
             }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Debug => librdkafka_line!(Level::DEBUG, facility, message, suppressed),
         }
     }
 }
 
-/// The result of one metadata probe.
+/// The result of one metadata probe; what it means for reachability is told
+/// by [`KafkaUnreachable`] and [`KafkaReachable`], once per change.
 pub struct MetadataProbed<'a> {
-    pub result: &'a Result<usize, KafkaError>,
-    /// Whether the previous probe succeeded, so only changes are logged.
-    pub was_up: bool,
+    pub result: Result<usize, &'a KafkaError>,
 }
 
 impl MetadataProbed<'_> {
     pub fn emit(self) {
-        match (self.result, self.was_up) {
-            (Ok(brokers), false) => {
-                tracing::info!(brokers, "Kafka metadata fetched: Kafka is reachable")
-            }
-            (Err(error), true) => {
-                tracing::warn!(%error, "Kafka metadata fetch failed: Kafka is unreachable")
-            }
-            _ => {}
+        match self.result {
+            Ok(brokers) => tracing::debug!(brokers, "Kafka metadata fetched"),
+            Err(error) => tracing::debug!(%error, "Kafka metadata fetch failed"),
         }
-        metrics::gauge!(KAFKA_UP).set(if self.result.is_ok() { 1.0 } else { 0.0 });
+    }
+}
+
+/// Kafka became unreachable: logged once per outage, however often librdkafka
+/// repeats itself meanwhile.
+pub struct KafkaUnreachable<'a> {
+    pub cause: Unreachable,
+    /// The failure that settled it, when there is one to show.
+    pub error: Option<&'a KafkaError>,
+}
+
+impl KafkaUnreachable<'_> {
+    pub fn emit(self) {
+        let cause = self.cause.label();
+        match self.error {
+            Some(error) => tracing::warn!(cause, %error, "Kafka unreachable"),
+            None => tracing::warn!(cause, "Kafka unreachable"),
+        }
+        metrics::gauge!(KAFKA_UP).set(0.0);
+    }
+}
+
+/// Kafka answered (a delivery or a metadata fetch) for the first time, or for
+/// the first time since it was unreachable.
+pub struct KafkaReachable {
+    /// How long it had been unreachable, if it was.
+    pub down_for: Option<Duration>,
+    /// False the first time since start.
+    pub again: bool,
+}
+
+impl KafkaReachable {
+    pub fn emit(self) {
+        match (self.down_for, self.again) {
+            (Some(down_for), true) => {
+                tracing::info!(down_for = ?Rounded(down_for), "Kafka reachable again")
+            }
+            (Some(down_for), false) => {
+                tracing::info!(unreachable_for = ?Rounded(down_for), "Kafka reachable")
+            }
+            (None, _) => tracing::info!("Kafka reachable"),
+        }
+        metrics::gauge!(KAFKA_UP).set(1.0);
+    }
+}
+
+/// A duration shown to a tenth of a second: an outage's length to the
+/// nanosecond is noise.
+struct Rounded(Duration);
+
+impl std::fmt::Debug for Rounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1}s", self.0.as_secs_f64())
     }
 }
 

@@ -5,15 +5,17 @@
 //! acknowledged, it only reports truthfully what Kafka said.
 
 pub mod config;
+pub mod context;
 pub mod events;
 pub mod health;
+pub mod log_throttle;
 pub mod problems;
 pub mod producer;
 pub mod record;
 pub mod route;
 
 pub use config::KafkaConfig;
-pub use health::{spawn_metadata_probe, KafkaHealth};
+pub use health::{spawn_metadata_probe, KafkaHealth, NotReady, Unreachable};
 pub use problems::{Problem, Problems};
 pub use producer::{Delivered, DeliveryError, DeliveryFailure, PendingDelivery, Producer};
 pub use record::{MqttPublish, Record};

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::DeliveryFuture;
@@ -19,7 +18,9 @@ use rdkafka::util::Timeout;
 use thiserror::Error;
 
 use crate::config::KafkaConfig;
+use crate::context::BridgeContext;
 use crate::events;
+use crate::health::KafkaHealth;
 use crate::record::Record;
 
 /// First pause before retrying an enqueue into a full local queue; doubles up to
@@ -135,47 +136,33 @@ impl DeliveryError {
         self.failure().is_transient()
     }
 }
-
-/// Routes librdkafka's log lines and client errors into our logs and metrics.
-pub struct BridgeContext;
-
-impl ClientContext for BridgeContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        events::LibrdkafkaLog {
-            level,
-            facility,
-            message,
-        }
-        .emit();
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        events::KafkaClientError {
-            error: &error,
-            reason,
-        }
-        .emit();
-    }
-}
-
 /// The gateway's producer: cheap to clone, one librdkafka instance behind it.
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer<BridgeContext>,
+    /// The same as the callbacks' (rdkafka keeps its context out of reach).
+    health: KafkaHealth,
     delivery_timeout: Duration,
 }
 
 impl Producer {
     /// Creates the producer. It connects lazily; an unreachable Kafka is not an
-    /// error here (see the metadata probe).
+    /// error here (see [`Producer::health`]).
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
         let mut client = config.producer_config();
         client.set_log_level(RDKafkaLogLevel::Info);
-        let inner = client.create_with_context(BridgeContext)?;
+        let health = KafkaHealth::new(config.metadata_max_age());
+        let inner = client.create_with_context(BridgeContext::new(health.clone()))?;
         Ok(Producer {
             inner,
+            health,
             delivery_timeout: config.delivery_timeout(),
         })
+    }
+
+    /// Whether Kafka is reachable, as this producer sees it.
+    pub fn health(&self) -> &KafkaHealth {
+        &self.health
     }
 
     /// Queues `record` for Kafka, in call order. When the local queue is full it
@@ -194,6 +181,7 @@ impl Producer {
                 Ok(delivery) => {
                     return Ok(PendingDelivery {
                         delivery,
+                        health: self.health.clone(),
                         route: record.route,
                         metrics: record.metrics,
                         started,
@@ -265,6 +253,9 @@ impl Producer {
 #[must_use = "a delivery that is not awaited tells nobody whether the record is in Kafka"]
 pub struct PendingDelivery {
     delivery: DeliveryFuture,
+    /// Told of every positive report: one ends an outage as surely as a metadata
+    /// fetch does, and sooner when records are flowing.
+    health: KafkaHealth,
     route: std::sync::Arc<str>,
     metrics: crate::events::RouteMetrics,
     started: Instant,
@@ -289,11 +280,14 @@ impl Future for PendingDelivery {
             Err(_canceled) => Err(DeliveryError::Canceled),
         };
         match &result {
-            Ok(_) => events::Delivered {
-                metrics: &self.metrics,
-                latency: self.started.elapsed(),
+            Ok(_) => {
+                self.health.delivered();
+                events::Delivered {
+                    metrics: &self.metrics,
+                    latency: self.started.elapsed(),
+                }
+                .emit()
             }
-            .emit(),
             Err(error) => events::DeliveryFailed {
                 route: &self.route,
                 error,

@@ -8,10 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::events::RouteMetrics;
-use crate::problems::Problems;
+use crate::problems::{deserialize_one_of, Problems};
 
 /// Longest MQTT topic filter or name, in bytes ([MQTT-1.5.3], a UTF-8 string's
 /// two-byte length prefix).
@@ -20,8 +20,12 @@ pub const MAX_TOPIC_BYTES: usize = 65_535;
 pub const MAX_KAFKA_TOPIC_CHARS: usize = 249;
 
 /// One `[[routes]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+///
+/// Every field has a default only so that a field of the wrong type can be left
+/// out and the rest of the entry still checked; [`validate_routes`] reports the
+/// required ones when missing.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
     /// Name of the route, unique; appears as the `route` label on metrics, so it
     /// may hold only ASCII letters, digits, `_` and `-`.
@@ -33,13 +37,11 @@ pub struct RouteConfig {
     pub kafka_topic: String,
     /// What the Kafka record key is: the MQTT `topic`, the publisher's `client_id`,
     /// or `none` (no key: the producer's partitioner spreads records).
-    #[serde(default)]
     pub key: KeySource,
 }
 
 /// Where a record's Kafka key comes from.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum KeySource {
     /// The MQTT topic name: one topic's messages stay in order in one partition.
     #[default]
@@ -48,6 +50,19 @@ pub enum KeySource {
     ClientId,
     /// No key.
     None,
+}
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_one_of(
+            deserializer,
+            &[
+                ("topic", KeySource::Topic),
+                ("client_id", KeySource::ClientId),
+                ("none", KeySource::None),
+            ],
+        )
+    }
 }
 
 /// A compiled route.
@@ -127,7 +142,10 @@ pub fn validate_routes(routes: &[RouteConfig], problems: &mut Problems) {
     for (i, route) in routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         if route.name.is_empty() {
-            problems.push(format!("{at}.name"), "must not be empty");
+            problems.push(
+                format!("{at}.name"),
+                "missing or empty: every route needs a name",
+            );
         } else if let Some(bad) = route
             .name
             .chars()
@@ -146,7 +164,7 @@ pub fn validate_routes(routes: &[RouteConfig], problems: &mut Problems) {
         if route.mqtt_filters.is_empty() {
             problems.push(
                 format!("{at}.mqtt_filters"),
-                "needs at least one MQTT topic filter",
+                "missing or empty: needs at least one MQTT topic filter",
             );
         }
         for (j, filter) in route.mqtt_filters.iter().enumerate() {
@@ -154,7 +172,9 @@ pub fn validate_routes(routes: &[RouteConfig], problems: &mut Problems) {
                 problems.push(format!("{at}.mqtt_filters[{j}]"), message);
             }
         }
-        if let Some(message) = kafka_topic_problem(&route.kafka_topic) {
+        if route.kafka_topic.is_empty() {
+            problems.push(format!("{at}.kafka_topic"), "missing or empty");
+        } else if let Some(message) = kafka_topic_problem(&route.kafka_topic) {
             problems.push(format!("{at}.kafka_topic"), message);
         }
     }
@@ -387,7 +407,7 @@ mod tests {
         for expected in [
             "routes[1].name: 'ok' is already the name of routes[0]",
             "routes[2].name: ' ' is not allowed",
-            "routes[2].mqtt_filters: needs at least one",
+            "routes[2].mqtt_filters: missing or empty",
             "routes[2].kafka_topic: ' ' is not allowed",
             "routes[3].mqtt_filters[0]: '#' must be the last level",
         ] {

@@ -10,7 +10,8 @@ use futures::future::join_all;
 use rdkafka::Message;
 use tributary_bridge::testing::{consume, create_topic, header, require_kafka, unique_topic};
 use tributary_bridge::{
-    DeliveryError, KafkaConfig, KeySource, MqttPublish, Producer, Record, RouteConfig, RouteTable,
+    DeliveryError, KafkaConfig, KeySource, MqttPublish, NotReady, Producer, Record, RouteConfig,
+    RouteTable, Unreachable,
 };
 
 const RECORDS: usize = 10_000;
@@ -165,4 +166,25 @@ async fn an_unreachable_kafka_times_out_instead_of_succeeding() {
         "{result:?}"
     );
     assert_eq!(result.unwrap_err().reason(), "timeout");
+}
+
+#[tokio::test]
+async fn librdkafka_saying_all_brokers_are_down_makes_kafka_unreachable_at_once() {
+    // Nothing listens on port 1 of loopback; no metadata probe runs here, so
+    // only librdkafka's own error report can have said it.
+    let producer = producer("127.0.0.1:1");
+    let started = std::time::Instant::now();
+    loop {
+        match producer.health().readiness() {
+            Err(NotReady::Unreachable {
+                cause: Unreachable::AllBrokersDown,
+                ..
+            }) => break,
+            other => assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "still {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -13,6 +13,7 @@ use config::{Environment, File, FileFormat, Value};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use thiserror::Error;
+use tributary_bridge::problems::deserialize_one_of;
 use tributary_bridge::{route::validate_routes, KafkaConfig, Problems, RouteConfig};
 
 /// The file read when `--config` is not given, if it exists.
@@ -33,6 +34,11 @@ const MQTT_MAX_PACKET_SIZE: usize = 268_435_460;
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
 pub const DEFAULT_LOG_LEVEL: &str = "info,rumqttd=warn";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+
+/// Said at `--check-config` and at start when no route is configured: valid, but
+/// seldom what was meant.
+pub const NO_ROUTES_WARNING: &str =
+    "no [[routes]] configured: nothing is forwarded to Kafka, Tributary runs as a plain MQTT broker";
 
 /// Top-level section names, for the unknown-section check.
 const SECTIONS: &[&str] = &[
@@ -131,12 +137,20 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     #[default]
     Human,
     Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_one_of(
+            deserializer,
+            &[("human", LogFormat::Human), ("json", LogFormat::Json)],
+        )
+    }
 }
 
 /// Why a configuration could not be used.
@@ -151,32 +165,62 @@ pub enum ConfigError {
     Invalid(Problems),
 }
 
+/// Where the configuration comes from: a file, or nothing but the built-in
+/// defaults (environment overrides apply to either).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Defaults,
+}
+
+impl ConfigSource {
+    /// `--config PATH` when given, else [`DEFAULT_CONFIG_PATH`] when it exists,
+    /// else the built-in defaults.
+    pub fn resolve(path: Option<&Path>) -> ConfigSource {
+        match path {
+            Some(path) => ConfigSource::File(path.to_path_buf()),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                ConfigSource::File(PathBuf::from(DEFAULT_CONFIG_PATH))
+            }
+            None => ConfigSource::Defaults,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::Defaults => f.write_str("built-in defaults (no configuration file)"),
+        }
+    }
+}
+
 impl Config {
-    /// Loads `path` (or [`DEFAULT_CONFIG_PATH`] when present, else built-in
-    /// defaults), applies environment overrides, and validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Loads `source`, applies environment overrides, and validates.
+    pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
         let env = Environment::with_prefix(ENV_PREFIX)
             .separator(ENV_SEPARATOR)
             .try_parsing(true);
-        Self::load_with(path, env)
+        Self::load_with(source, env)
     }
 
-    fn load_with(path: Option<&Path>, env: Environment) -> Result<Config, ConfigError> {
-        let file = match path {
-            Some(path) => Some(path.to_path_buf()),
-            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
-        };
+    fn load_with(source: &ConfigSource, env: Environment) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
-        if let Some(file) = &file {
+        if let ConfigSource::File(file) = source {
             builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
         }
-        let layered = builder
-            .add_source(env)
-            .build()
-            .map_err(|source| ConfigError::Read {
-                path: file.clone().unwrap_or_default(),
-                source,
-            })?;
+        let layered =
+            builder
+                .add_source(env)
+                .build()
+                .map_err(|source_error| ConfigError::Read {
+                    path: match source {
+                        ConfigSource::File(file) => file.clone(),
+                        ConfigSource::Defaults => PathBuf::new(),
+                    },
+                    source: source_error,
+                })?;
         Self::from_layered(&layered).map_err(ConfigError::Invalid)
     }
 
@@ -207,12 +251,13 @@ impl Config {
                 }
             }
         }
+        let mut unreadable = Vec::new();
         let mut config = Config {
             mqtt: section(layered, "mqtt", &mut problems),
             http: section(layered, "http", &mut problems),
             log: section(layered, "log", &mut problems),
             kafka: section(layered, "kafka", &mut problems),
-            routes: routes(layered, &mut problems),
+            routes: routes(layered, &mut problems, &mut unreadable),
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
         };
         match layered.get::<u64>("shutdown_timeout_ms") {
@@ -220,7 +265,15 @@ impl Config {
             Err(config::ConfigError::NotFound(_)) => {}
             Err(err) => problems.push("shutdown_timeout_ms", strip_key_suffix(&err.to_string())),
         }
-        config.validate(&mut problems);
+        // A route field that could not be read stands in as its default; its type
+        // problem is already recorded, so "missing or empty" would only repeat it.
+        let mut semantic = Problems::new();
+        config.validate(&mut semantic);
+        semantic.retain(|problem| !unreadable.iter().any(|path| problem.is_under(path)));
+        problems.append(semantic);
+        // Each route's problems together, routes in file order, so that a long
+        // list reads route by route.
+        problems.sort_by_key(|problem| route_index(&problem.path));
         problems.into_result().map(|()| config)
     }
 
@@ -314,12 +367,7 @@ fn deserialize<T: DeserializeOwned>(value: Value, at: &str, problems: &mut Probl
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(value) => Some(value),
         Err(err) => {
-            let path = err.path().to_string();
-            let path = if path == "." {
-                at.to_owned()
-            } else {
-                format!("{at}.{path}")
-            };
+            let path = format!("{at}{}", path_suffix(err.path()));
             problems.push(path, strip_key_suffix(&err.into_inner().to_string()));
             None
         }
@@ -335,21 +383,92 @@ fn strip_key_suffix(message: &str) -> String {
     }
 }
 
-/// Deserialises `[[routes]]` one entry at a time, so each bad entry is named.
-fn routes(layered: &config::Config, problems: &mut Problems) -> Vec<RouteConfig> {
+/// Deserialises `[[routes]]` one entry at a time, so that every entry keeps its
+/// index in what is reported. Paths that could not be read at all are added to
+/// `unreadable`.
+fn routes(
+    layered: &config::Config,
+    problems: &mut Problems,
+    unreadable: &mut Vec<String>,
+) -> Vec<RouteConfig> {
     let entries = match layered.get::<Vec<Value>>("routes") {
         Ok(entries) => entries,
         Err(config::ConfigError::NotFound(_)) => return Vec::new(),
         Err(err) => {
-            problems.push("routes", err.to_string());
+            problems.push("routes", strip_key_suffix(&err.to_string()));
             return Vec::new();
         }
     };
     entries
         .into_iter()
         .enumerate()
-        .filter_map(|(i, entry)| deserialize(entry, &format!("routes[{i}]"), problems))
+        .map(|(i, entry)| route(entry, &format!("routes[{i}]"), problems, unreadable))
         .collect()
+}
+
+/// Reads one route entry field by field: serde stops at the first field of the
+/// wrong type, so each such field is reported, taken out, and the entry read
+/// again, until what is left reads. The route comes back with the fields that
+/// were taken out at their defaults.
+fn route(
+    entry: Value,
+    at: &str,
+    problems: &mut Problems,
+    unreadable: &mut Vec<String>,
+) -> RouteConfig {
+    let mut fields = match entry.into_table() {
+        Ok(fields) => fields,
+        Err(err) => {
+            problems.push(at, strip_key_suffix(&err.to_string()));
+            unreadable.push(at.to_owned());
+            return RouteConfig::default();
+        }
+    };
+    loop {
+        let err =
+            match serde_path_to_error::deserialize::<_, RouteConfig>(Value::from(fields.clone())) {
+                Ok(route) => return route,
+                Err(err) => err,
+            };
+        let field = match err.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        let path = format!("{at}{}", path_suffix(err.path()));
+        problems.push(path, strip_key_suffix(&err.into_inner().to_string()));
+        match field {
+            Some(field) if fields.shift_remove(&field).is_some() => {
+                unreadable.push(format!("{at}.{field}"));
+            }
+            // Nothing left to take out: give up on this entry, not on the others.
+            _ => {
+                unreadable.push(at.to_owned());
+                return RouteConfig::default();
+            }
+        }
+    }
+}
+
+/// `Some(i)` for a problem of `routes[i]`; `None` (sorting first) for the other
+/// sections.
+fn route_index(path: &str) -> Option<usize> {
+    path.strip_prefix("routes[")?
+        .split_once(']')?
+        .0
+        .parse()
+        .ok()
+}
+
+/// `.field[0]` for a path inside a value, nothing for the value itself.
+fn path_suffix(path: &serde_path_to_error::Path) -> String {
+    let path = path.to_string();
+    if path == "." {
+        String::new()
+    } else if path.starts_with('[') {
+        path
+    } else {
+        format!(".{path}")
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +567,42 @@ mod tests {
     }
 
     #[test]
+    fn a_route_field_of_the_wrong_type_hides_nothing_else() {
+        let text = r##"
+            [[routes]]
+            name = "a"
+            mqtt_filters = "a/#"
+            kafka_topic = "bad topic"
+            key = "bogus"
+
+            [[routes]]
+            name = "b"
+            mqtt_filters = ["b/#/c"]
+            kafka_topic = "b"
+
+            [[routes]]
+            key = "none"
+        "##;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected an invalid config");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].mqtt_filters",
+                "routes[0].key",
+                "routes[0].kafka_topic",
+                "routes[1].mqtt_filters[0]",
+                "routes[2].name",
+                "routes[2].mqtt_filters",
+                "routes[2].kafka_topic",
+            ],
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let dir = std::env::temp_dir().join(format!("tributary-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -466,7 +621,7 @@ mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             ));
-        let config = Config::load_with(Some(&path), env).unwrap();
+        let config = Config::load_with(&ConfigSource::File(path.clone()), env).unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "env:9093");
         assert_eq!(config.mqtt.max_connections, 7);
         assert_eq!(config.log.format, LogFormat::Json);

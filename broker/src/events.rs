@@ -24,6 +24,15 @@ impl ListenerStarted<'_> {
     }
 }
 
+/// Started with no `[[routes]]`.
+pub struct NoRoutes;
+
+impl NoRoutes {
+    pub fn emit(self) {
+        tracing::warn!("{}", crate::config::NO_ROUTES_WARNING);
+    }
+}
+
 /// A device connection was accepted.
 pub struct ConnectionAccepted {
     pub peer: SocketAddr,

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -22,7 +21,6 @@ pub struct Readiness {
     /// True while the MQTT listener accepts connections.
     pub mqtt_listening: Arc<AtomicBool>,
     pub kafka: KafkaHealth,
-    pub kafka_max_age: Duration,
 }
 
 #[derive(Clone)]
@@ -72,15 +70,8 @@ async fn handle_readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !readiness.mqtt_listening.load(Ordering::Acquire) {
         reasons.push("the MQTT listener is not accepting connections".to_owned());
     }
-    if !readiness.kafka.is_fresh(readiness.kafka_max_age) {
-        reasons.push(match readiness.kafka.last_seen() {
-            Some(at) => format!(
-                "Kafka metadata last fetched {:.0?} ago (limit {:?})",
-                at.elapsed(),
-                readiness.kafka_max_age
-            ),
-            None => "Kafka metadata not fetched yet".to_owned(),
-        });
+    if let Err(kafka) = readiness.kafka.readiness() {
+        reasons.push(kafka.to_string());
     }
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())

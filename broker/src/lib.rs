@@ -96,12 +96,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         RouteTable::compile(&config.routes)
             .map_err(|problems| anyhow::anyhow!("invalid routes:\n{problems}"))?,
     );
+    if routes.is_empty() {
+        events::NoRoutes.emit();
+    }
     let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let (kafka_health, probe) =
-        spawn_metadata_probe(producer.clone(), config.kafka.metadata_probe_interval());
+    let probe = spawn_metadata_probe(producer.clone(), config.kafka.metadata_probe_interval());
     let stop_probe = shutdown.clone();
     tokio::spawn(async move {
         stop_probe.cancelled().await;
@@ -120,8 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let mqtt_listening = Arc::new(AtomicBool::new(true));
     let readiness = http::Readiness {
         mqtt_listening: mqtt_listening.clone(),
-        kafka: kafka_health,
-        kafka_max_age: config.kafka.metadata_max_age(),
+        kafka: producer.health().clone(),
     };
     let http_shutdown = shutdown.clone();
     tokio::spawn(async move {

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tributary::config::{Config, ConfigError};
+use tributary::config::{
+    Config, ConfigError, ConfigSource, ENV_PREFIX, ENV_SEPARATOR, NO_ROUTES_WARNING,
+};
 
 /// jemalloc gives freed memory back to the system on its own (its background
 /// threads purge pages left unused for ~10 s), so memory taken by a burst of
@@ -28,10 +30,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref()) {
+    let source = ConfigSource::resolve(args.config.as_deref());
+    let config = match Config::load(&source) {
         Ok(config) => config,
         Err(ConfigError::Invalid(problems)) => {
-            eprintln!("invalid configuration ({} problems):", problems.len());
+            eprintln!(
+                "invalid configuration ({}): checked {source}{}",
+                count(problems.len(), "problem"),
+                environment_overrides(),
+            );
             for problem in problems.iter() {
                 eprintln!("  {problem}");
             }
@@ -43,7 +50,14 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("configuration is valid");
+        if config.routes.is_empty() {
+            eprintln!("warning: {NO_ROUTES_WARNING}");
+        }
+        println!(
+            "configuration is valid ({}): checked {source}{}",
+            count(config.routes.len(), "route"),
+            environment_overrides(),
+        );
         return ExitCode::SUCCESS;
     }
     tributary::telemetry::init_tracing(&config.log);
@@ -64,4 +78,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// "1 route", "2 routes".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Names the environment overrides that were applied too, since they can change
+/// what the file says.
+fn environment_overrides() -> String {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    names.sort();
+    format!(" with environment overrides {}", names.join(", "))
 }

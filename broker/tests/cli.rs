@@ -1,9 +1,88 @@
 //! The binary as an operator runs it.
 
-use std::process::Command;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn tributary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tributary"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    // The operator's own overrides must not leak into what these tests check.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRIBUTARY__") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A config file of the test's own, removed when dropped.
+struct TempConfig {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempConfig {
+    fn new(name: &str, text: &str) -> TempConfig {
+        let dir = std::env::temp_dir().join(format!("tributary-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        TempConfig { dir, path }
+    }
+
+    fn check(&self) -> Output {
+        tributary()
+            .arg("--config")
+            .arg(&self.path)
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    }
+}
+
+/// A Tributary whose Kafka is down from the start: nothing listens on port 1 of
+/// loopback.
+const KAFKA_DOWN: &str = r##"
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+[[routes]]
+name = "telemetry"
+mqtt_filters = ["sensors/#"]
+kafka_topic = "sensors"
+"##;
+
+/// Runs Tributary on `config` for `how_long` with its log going to a pipe, as
+/// under a service manager; returns the log.
+fn log_of_a_run(config: &TempConfig, how_long: Duration) -> String {
+    let mut child = tributary()
+        .arg("--config")
+        .arg(&config.path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    // Read while it runs, so a chatty log cannot fill the pipe and stall it.
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    std::thread::sleep(how_long);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[test]
@@ -21,9 +100,101 @@ fn check_config_accepts_the_shipped_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("configuration is valid (1 route): checked "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with("conf/tributary.toml"),
+        "{stdout}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no warnings");
+}
+
+#[test]
+fn check_config_says_when_only_the_defaults_were_checked_and_warns_of_no_routes() {
+    let dir = std::env::temp_dir().join(format!("tributary-cli-{}-nofile", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // No --config and no conf/tributary.toml where it runs: built-in defaults.
+    let out = tributary()
+        .arg("--check-config")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "configuration is valid\n"
+        "configuration is valid (0 routes): checked built-in defaults (no configuration file)\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: no [[routes]] configured: nothing is forwarded to Kafka"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem_of_every_route_with_its_index() {
+    // The first route's wrong key type used to hide the rest of that route, and
+    // the second route's problems came out as routes[0].
+    let config = TempConfig::new(
+        "two-bad-routes",
+        r##"
+[[routes]]
+name = "first route"
+mqtt_filters = "a/#"
+kafka_topic = "a"
+key = "bogus"
+colour = "red"
+
+[[routes]]
+name = "second"
+mqtt_filters = ["b/#/c", "d/e+"]
+kafka_topic = "b c"
+"##,
+    );
+    let out = config.check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let expected = [
+        "routes[0].mqtt_filters: invalid type: string \"a/#\", expected a sequence",
+        "routes[0].key: unknown value `bogus`, expected one of `topic`, `client_id`, `none`",
+        "routes[0].colour: unknown field `colour`",
+        "routes[0].name: ' ' is not allowed",
+        "routes[1].mqtt_filters[0]: '#' must be the last level",
+        "routes[1].mqtt_filters[1]: '+' must occupy a whole level",
+        "routes[1].kafka_topic: ' ' is not allowed in a Kafka topic name",
+    ];
+    for line in expected {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+    let first = stderr.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "invalid configuration (7 problems): checked {}",
+            config.path.display()
+        )
+    );
+    assert_eq!(stderr.lines().count(), 1 + expected.len(), "{stderr}");
+    assert!(!stderr.contains("KeySource"), "{stderr}");
+}
+
+#[test]
+fn check_config_counts_one_problem_in_the_singular() {
+    let config = TempConfig::new("one-problem", "[log]\nformat = \"xml\"\n");
+    let out = config.check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("invalid configuration (1 problem): checked "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("log.format: unknown value `xml`, expected one of `human`, `json`"),
+        "{stderr}"
     );
 }
 
@@ -78,6 +249,10 @@ kafka_topic = "x"
         );
     }
     assert!(stderr.contains("(5 problems)"), "{stderr}");
+    assert!(
+        stderr.contains("with environment overrides TRIBUTARY__LOG__FORMAT"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -89,4 +264,31 @@ fn a_missing_config_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/tributary.toml"), "{stderr}");
+}
+
+#[test]
+fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
+    let config = TempConfig::new("no-colour", KAFKA_DOWN);
+    let log = log_of_a_run(&config, Duration::from_secs(2));
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in a piped log:\n{log}");
+}
+
+#[test]
+fn the_log_is_coloured_on_a_terminal() {
+    let config = TempConfig::new("colour", KAFKA_DOWN);
+    // `script` (util-linux) runs it on a pseudo-terminal and copies what it wrote.
+    let command = format!(
+        "timeout -s KILL 2 {} --config {}",
+        env!("CARGO_BIN_EXE_tributary"),
+        config.path.display()
+    );
+    let out = Command::new("script")
+        .args(["-q", "-c", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) is installed");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("listening"), "{log}");
+    assert!(log.contains("\x1b["), "no colour on a terminal:\n{log}");
 }
