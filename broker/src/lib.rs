@@ -27,7 +27,8 @@ pub mod telemetry;
 pub use tributary_wire as wire;
 
 use config::Config;
-use link::sessions::Sessions;
+use link::registry::Registry;
+use link::session_store::SessionStore;
 use link::will::Wills;
 use link::LinkContext;
 use router::EmbeddedRouter;
@@ -140,12 +141,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let router = EmbeddedRouter::start(config.mqtt.max_connections * 2)
         .await
         .context("starting the router")?;
-    let sessions = Sessions::default();
+    let registry = Registry::default();
     let retained = Arc::new(link::retained::Retained::default());
     let wills = Wills::new(
         producer.clone(),
         routes.clone(),
-        sessions.clone(),
+        registry.clone(),
         retained.clone(),
     );
     let context = Arc::new(LinkContext {
@@ -153,7 +154,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         router,
         producer: producer.clone(),
         routes,
-        sessions,
+        registry,
+        store: SessionStore::default(),
         wills,
         shutdown: shutdown.clone(),
         qos0_budget: Arc::new(tokio::sync::Semaphore::new(link::QOS0_BUDGET)),

@@ -16,7 +16,6 @@ use bytes::BytesMut;
 use rumqttd::protocol::{
     Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish, PublishProperties,
 };
-use rumqttd::Forward;
 
 use super::codec::{next_frame, Frame, PublishMeta, Version};
 use super::origin::{unix_ms, Origin};
@@ -95,10 +94,15 @@ impl Session {
     /// requires (or not at all), and returns the acknowledgement the router is
     /// owed at once, since the message is now the session's.
     /// `connected` is false while the device is away: QoS 0 is then dropped.
-    pub fn accept(&mut self, forward: Forward, connected: bool) -> Option<Packet> {
-        let mut properties = forward.properties;
+    pub fn accept(
+        &mut self,
+        publish: Publish,
+        properties: Option<PublishProperties>,
+        connected: bool,
+    ) -> Option<Packet> {
+        let mut properties = properties;
         let origin = Origin::detach(&mut properties);
-        let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let (shared, plain): (Vec<_>, Vec<_>) = self
             .subscriptions
             .matching(&topic)
@@ -129,7 +133,7 @@ impl Session {
                 .subscription_identifiers = ids;
         }
 
-        let (frame, meta, expired) = self.encode(forward.publish, properties, origin.as_ref())?;
+        let (frame, meta, expired) = self.encode(publish, properties, origin.as_ref())?;
         let router_ack = match meta.qos {
             0 => None,
             1 => Some(Packet::PubAck(

@@ -16,7 +16,7 @@ use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
 use crate::events;
 use crate::link::origin::Origin;
 use crate::link::retained::{Retained, RetainedMessage};
-use crate::link::sessions::Sessions;
+use crate::link::registry::Registry;
 use crate::router::Lane;
 
 /// A connection's will, as given in its CONNECT.
@@ -113,7 +113,7 @@ impl Drop for PendingWill {
 pub struct Wills {
     producer: Producer,
     routes: Arc<RouteTable>,
-    sessions: Sessions,
+    registry: Registry,
     retained: Arc<Retained>,
 }
 
@@ -121,13 +121,13 @@ impl Wills {
     pub fn new(
         producer: Producer,
         routes: Arc<RouteTable>,
-        sessions: Sessions,
+        registry: Registry,
         retained: Arc<Retained>,
     ) -> Wills {
         Wills {
             producer,
             routes,
-            sessions,
+            registry,
             retained,
         }
     }
@@ -138,12 +138,12 @@ impl Wills {
         let wills = self.clone();
         tokio::spawn(async move {
             if !will.delay.is_zero() {
-                let (id, cancelled) = wills.sessions.will_pending(client_id.clone());
+                let (id, cancelled) = wills.registry.will_pending(client_id.clone());
                 let reconnected = tokio::select! {
                     () = cancelled.cancelled() => true,
                     () = tokio::time::sleep(will.delay) => false,
                 };
-                wills.sessions.will_done(&client_id, id);
+                wills.registry.will_done(&client_id, id);
                 if reconnected {
                     events::WillCancelled.emit();
                     return;

@@ -10,11 +10,15 @@
 //! the link-building closure. Building a link blocks (plain channel send/recv), so
 //! it always runs on the blocking pool; nothing here may stall the async runtime.
 
+mod port;
+
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Unsubscribe};
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties, Unsubscribe,
+};
 use rumqttd::{Notification, Router, RouterConfig};
 
 /// Bytes of one segment of a subscribed filter's in-memory log.
@@ -31,6 +35,8 @@ pub const PUBLISH_LANES: usize = 4;
 /// Packets a lane may have waiting for the router before its publishers wait:
 /// many connections share it.
 const MAX_LANE_BACKLOG: usize = 4096;
+
+pub use port::Port;
 
 type BuildLink =
     dyn Fn(String) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
@@ -49,7 +55,7 @@ pub struct EmbeddedRouter {
 /// it has ever seen, for its lifetime. Device client ids are unbounded, so the
 /// router never sees them: each link gets a recycled id, and the number the
 /// router remembers is the most links ever open at once. Sessions are the
-/// gateway's (see `link::sessions`), so the router link is always clean.
+/// gateway's (see `link::session_store`), so the router link is always clean.
 #[derive(Default)]
 struct IdPool {
     free: Vec<u32>,
@@ -197,8 +203,8 @@ const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One link to the router.
 pub struct RouterLink {
-    pub tx: LinkTx,
-    pub rx: LinkRx,
+    tx: LinkTx,
+    rx: LinkRx,
     /// The recycled router id of a device link, returned to the pool once the
     /// router has let the link go.
     id: Option<(u32, Arc<Mutex<IdPool>>)>,
@@ -207,6 +213,74 @@ pub struct RouterLink {
 impl RouterLink {
     /// Leaves the router (anything already handed over is processed first).
     pub fn leave(self) {}
+
+    /// Hands `packets` to the router, in order, without waiting.
+    pub fn send(&mut self, packets: Vec<Packet>) -> Result<(), RouterGone> {
+        send_batch_inner(&mut self.tx, packets)
+    }
+
+    /// Like [`RouterLink::send`], then waits while the router is far behind
+    /// on this link.
+    pub async fn send_paced(&mut self, packets: Vec<Packet>) -> Result<(), RouterGone> {
+        send_batch_paced(&mut self.tx, packets).await
+    }
+
+    /// The next thing the router says to this link.
+    pub async fn next(&mut self) -> Result<FromRouter, RouterGone> {
+        match self.rx.next().await {
+            Ok(Some(notification)) => Ok(FromRouter::from(notification)),
+            Ok(None) => Ok(FromRouter::Nothing),
+            Err(_) => Err(RouterGone),
+        }
+    }
+
+    /// Asks the router to schedule this link again, after
+    /// [`FromRouter::Unschedule`]; never to be dropped half-way (the link
+    /// would stall), so it is awaited outside any `select!`.
+    pub async fn wake(&mut self) -> Result<(), RouterGone> {
+        self.rx.wake().await.map_err(|_| RouterGone)
+    }
+}
+
+/// What the router tells a link, in the gateway's terms.
+pub enum FromRouter {
+    /// A message for the subscriber (its packet id is the router's own).
+    Forward {
+        publish: Publish,
+        properties: Option<PublishProperties>,
+    },
+    /// The router releases a QoS 2 message it forwarded.
+    PubRel { pkid: u16 },
+    /// The answer to a SUBSCRIBE handed over, as the packet the device gets.
+    SubAck(Packet),
+    /// Any other acknowledgement, as its packet.
+    Ack(Packet),
+    /// The router stops scheduling the link until [`RouterLink::wake`].
+    Unschedule,
+    /// The router drops the link.
+    Disconnect,
+    /// Nothing to act on.
+    Nothing,
+}
+
+impl From<Notification> for FromRouter {
+    fn from(notification: Notification) -> FromRouter {
+        match notification {
+            Notification::Forward(forward) => FromRouter::Forward {
+                publish: forward.publish,
+                properties: forward.properties,
+            },
+            // The router's acknowledgement type is private; its packet is not.
+            Notification::DeviceAck(ack) => match Packet::from(ack) {
+                Packet::PubRel(pubrel, _) => FromRouter::PubRel { pkid: pubrel.pkid },
+                packet @ Packet::SubAck(..) => FromRouter::SubAck(packet),
+                packet => FromRouter::Ack(packet),
+            },
+            Notification::Unschedule => FromRouter::Unschedule,
+            Notification::Disconnect(..) => FromRouter::Disconnect,
+            _ => FromRouter::Nothing,
+        }
+    }
 }
 
 impl Drop for RouterLink {
@@ -233,14 +307,6 @@ impl Drop for RouterLink {
     }
 }
 
-/// The next notification of `router`'s link; pending forever without one.
-pub async fn next(router: &mut Option<RouterLink>) -> Result<Option<Notification>, LinkError> {
-    match router {
-        Some(router) => router.rx.next().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The router no longer accepts this link's packets (it dropped the link).
 #[derive(Debug, thiserror::Error)]
 #[error("the router dropped the link")]
@@ -256,13 +322,13 @@ const WAKE_FILTER: &str = "\0tributary-wake";
 /// `try_*` helpers, hence the no-op UNSUBSCRIBE). Only when the router's
 /// channel is full does this block, off the async workers, until it has room:
 /// that is the backpressure from an overloaded router.
-pub fn send_batch(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
+fn send_batch(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
     send_batch_inner(tx, packets)
 }
 
 /// Packets a link may have waiting for the router before it stops and waits:
 /// the router's backpressure now that handing packets over does not block.
-pub const MAX_ROUTER_BACKLOG: usize = 128;
+const MAX_ROUTER_BACKLOG: usize = 128;
 
 /// How long a link's backlog may stand still before the router is woken again.
 const REWAKE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -272,7 +338,7 @@ const MAX_ROUTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Like [`send_batch`], then waits while the router has more than
 /// [`MAX_ROUTER_BACKLOG`] of this link's packets still to take.
-pub async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
+async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
     send_batch_inner(tx, packets)?;
     pace(MAX_ROUTER_BACKLOG, |wake| {
         if wake {
@@ -356,7 +422,7 @@ fn send_batch_inner(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterG
 /// Hands `packet` to the router. `LinkTx::send` is async in name only: it does a
 /// blocking send into the router's bounded channel, so on a multi-threaded
 /// runtime it runs in `block_in_place` to keep other tasks running meanwhile.
-pub fn send(tx: &mut LinkTx, packet: Packet) -> Result<(), RouterGone> {
+fn send(tx: &mut LinkTx, packet: Packet) -> Result<(), RouterGone> {
     let run = || match tx.send(packet).now_or_never() {
         Some(Ok(_)) => Ok(()),
         _ => Err(RouterGone),

@@ -1,11 +1,18 @@
-//! Publishes from the device: topic checks and aliases, the Kafka gate, and the
-//! acknowledgements that go back in arrival order once Kafka has answered.
+//! The inbound side of a connection: publishes from the device, their topic
+//! checks and aliases, the Kafka gate, the QoS 2 state and the QoS 0 budget,
+//! and the acknowledgements that go back in arrival order once Kafka answered.
 //!
 //! It never acknowledges a routed QoS 1/2 publish before every one of its Kafka
 //! delivery reports is positive.
 
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
@@ -14,14 +21,33 @@ use rumqttd::protocol::{
 use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, PendingDelivery, Record};
 
 use super::codec::{self, Version};
-use super::gate::{AllDelivered, Released};
+use super::connection::Connection;
+use super::gate::{AllDelivered, Gate, Released};
 use super::origin::Origin;
 use super::retained::RetainedMessage;
-use super::{valid_topic_name, End, Link, LinkContext, TOPIC_ALIAS_MAX};
+use super::{valid_topic_name, End, LinkContext, TOPIC_ALIAS_MAX};
 use crate::events;
 
+/// A QoS 0 record awaiting Kafka's report, holding its share of the budget.
+type Qos0Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a connection has received and not yet finished with.
+pub struct Inbound {
+    gate: Gate<Ticket, AllDelivered>,
+    qos0: FuturesUnordered<Qos0Delivery>,
+    /// QoS 1 publishes waiting in the gate.
+    qos1_in_gate: usize,
+    /// QoS 2 packet ids waiting in the gate (not yet PUBREC'd).
+    qos2_in_gate: HashSet<u16>,
+    /// QoS 2 packet ids PUBREC'd (so in Kafka) and awaiting PUBREL: the
+    /// session's, kept while the device is away [MQTT-4.3.3].
+    awaiting_pubrel: HashSet<u16>,
+    /// MQTT 5 topic aliases set by the client.
+    topic_aliases: HashMap<u16, Bytes>,
+}
+
 /// What a gate entry does when released.
-pub(super) enum Ticket {
+pub enum Ticket {
     /// A new QoS 1/2 publish: ack it, and hand it to the router if Kafka has it.
     Publish {
         pkid: u16,
@@ -35,19 +61,58 @@ pub(super) enum Ticket {
     Repeat { pkid: u16 },
 }
 
-impl Link {
-    /// QoS 1/2 publishes received and not yet completed (PUBACK sent, or for
-    /// QoS 2 PUBREL received): what MQTT 5 Receive Maximum limits.
-    pub(super) fn incoming_in_flight(&self) -> usize {
-        self.qos1_in_gate + self.qos2_in_gate.len() + self.session.awaiting_pubrel.len()
+impl Inbound {
+    /// `awaiting_pubrel` comes from a resumed session.
+    pub fn new(awaiting_pubrel: HashSet<u16>) -> Inbound {
+        Inbound {
+            gate: Gate::default(),
+            qos0: FuturesUnordered::new(),
+            qos1_in_gate: 0,
+            qos2_in_gate: HashSet::new(),
+            awaiting_pubrel,
+            topic_aliases: HashMap::new(),
+        }
     }
 
-    pub(super) async fn handle_publish(
+    /// What the session keeps of this side when the connection ends.
+    pub fn into_awaiting_pubrel(self) -> HashSet<u16> {
+        self.awaiting_pubrel
+    }
+
+    /// QoS 1/2 publishes received and not yet completed (PUBACK sent, or for
+    /// QoS 2 PUBREL received): what MQTT 5 Receive Maximum limits.
+    fn in_flight(&self) -> usize {
+        self.qos1_in_gate + self.qos2_in_gate.len() + self.awaiting_pubrel.len()
+    }
+
+    /// Publishes waiting for Kafka.
+    pub fn waiting(&self) -> usize {
+        self.gate.len()
+    }
+
+    /// The next publish whose reports are in, in arrival order, while
+    /// driving the QoS 0 deliveries (their reports free the budget; one
+    /// finishing returns `None`). Pending forever while nothing waits.
+    pub async fn next_release(&mut self) -> Option<Released<Ticket, DeliveryError>> {
+        let Inbound { gate, qos0, .. } = self;
+        tokio::select! {
+            Some(released) = gate.next(), if !gate.is_empty() => Some(released),
+            Some(()) = qos0.next(), if !qos0.is_empty() => None,
+            // Both idle (or done): nothing to report until the next publish.
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Handles one PUBLISH; what the router gets at once (QoS 0) is returned.
+    pub async fn handle_publish(
         &mut self,
+        ctx: &LinkContext,
+        client_id: &Arc<str>,
+        version: Version,
         meta: codec::PublishMeta,
         mut publish: Publish,
         mut properties: Option<PublishProperties>,
-    ) -> Result<(), End> {
+    ) -> Result<Option<Packet>, End> {
         let received = Instant::now();
         self.resolve_topic_alias(&mut publish, properties.as_mut())?;
         let topic = match std::str::from_utf8(&publish.topic) {
@@ -72,12 +137,12 @@ impl Link {
         // A re-send of a QoS 2 publish already PUBREC'd, or still waiting for
         // Kafka [MQTT-4.3.3]: never produced twice.
         let repeat = meta.qos == 2
-            && (self.session.awaiting_pubrel.contains(&meta.pkid)
+            && (self.awaiting_pubrel.contains(&meta.pkid)
                 || self.qos2_in_gate.contains(&meta.pkid));
-        if self.version == Version::V5
+        if version == Version::V5
             && meta.qos > 0
             && !repeat
-            && self.incoming_in_flight() >= usize::from(self.ctx.config.receive_maximum)
+            && self.in_flight() >= usize::from(ctx.config.receive_maximum)
         {
             // [MQTT-3.3.4-9]: more unacknowledged publishes than announced.
             // (MQTT 3.1.1 has no Receive Maximum; those clients are slowed
@@ -96,19 +161,19 @@ impl Link {
                 received,
                 AllDelivered::new(Ok(Vec::new())),
             );
-            return Ok(());
+            return Ok(None);
         }
 
         let message = MqttPublish {
             topic,
-            client_id: self.client_id.clone(),
+            client_id: client_id.clone(),
             qos: meta.qos,
             retain: meta.retain,
             payload: publish.payload.clone(),
         };
-        let deliveries = produce(&self.ctx, &message).await;
+        let deliveries = produce(ctx, &message).await;
         // What the router forgets travels with the message (see `origin`).
-        let origin = Origin::now(meta.qos, meta.retain, &self.client_id);
+        let origin = Origin::now(meta.qos, meta.retain, client_id);
         let properties = origin.attach(properties);
         let retained = meta.retain.then(|| {
             Box::new(RetainedMessage {
@@ -129,16 +194,16 @@ impl Link {
                     // polling its own deliveries, whose permits others wait for.
                     // Reading stops when the budget is empty, so going over it
                     // is limited to the frames already read.
-                    let permit = self.ctx.qos0_budget.clone().try_acquire_owned().ok();
+                    let permit = ctx.qos0_budget.clone().try_acquire_owned().ok();
                     self.qos0.push(Box::pin(async move {
                         let _ = delivery.await;
                         drop(permit);
                     }));
                 }
                 if let Some(retained) = retained {
-                    self.ctx.retained.update(*retained);
+                    ctx.retained.update(*retained);
                 }
-                self.relay(Packet::Publish(routed, properties))
+                Ok(Some(Packet::Publish(routed, properties)))
             }
             qos => {
                 if qos == 2 {
@@ -155,13 +220,13 @@ impl Link {
                 };
                 self.gate
                     .push(ticket, received, AllDelivered::new(deliveries));
-                Ok(())
+                Ok(None)
             }
         }
     }
 
     /// Replaces an MQTT 5 topic alias by its topic [MQTT-3.3.2.3.4].
-    pub(super) fn resolve_topic_alias(
+    fn resolve_topic_alias(
         &mut self,
         publish: &mut Publish,
         properties: Option<&mut PublishProperties>,
@@ -191,10 +256,15 @@ impl Link {
         Ok(())
     }
 
-    pub(super) fn handle_release(
+    /// Acknowledges a released publish; what the router gets now that Kafka
+    /// has it is returned.
+    pub fn handle_release(
         &mut self,
         released: Released<Ticket, DeliveryError>,
-    ) -> Result<(), End> {
+        ctx: &LinkContext,
+        conn: &mut Connection,
+    ) -> Result<Option<Packet>, End> {
+        let version = conn.version();
         let Released {
             ticket,
             outcome,
@@ -210,15 +280,15 @@ impl Link {
             } => (pkid, qos, Some((*publish, properties, retained))),
             Ticket::Repeat { pkid } => {
                 // Its first copy was released just before: it answers the same.
-                let reason = if self.session.awaiting_pubrel.contains(&pkid) {
+                let reason = if self.awaiting_pubrel.contains(&pkid) {
                     PubRecReason::Success
-                } else if self.version == Version::V5 {
+                } else if version == Version::V5 {
                     PubRecReason::UnspecifiedError
                 } else {
                     return Err(End::KafkaRefused);
                 };
-                self.write(Packet::PubRec(PubRec { pkid, reason }, None));
-                return Ok(());
+                conn.write(Packet::PubRec(PubRec { pkid, reason }, None));
+                return Ok(None);
             }
         };
         match qos {
@@ -229,29 +299,28 @@ impl Link {
         }
         match outcome {
             Ok(()) => {
-                if let Some((publish, properties, retained)) = routed {
-                    if let Some(retained) = retained {
-                        self.ctx.retained.update(*retained);
-                    }
-                    self.relay(Packet::Publish(publish, properties))?;
-                }
                 if qos == 2 {
-                    self.session.awaiting_pubrel.insert(pkid);
+                    self.awaiting_pubrel.insert(pkid);
                 }
-                self.write_ack(qos, pkid, None);
+                write_ack(conn, qos, pkid, None);
                 events::PublishAcknowledged {
                     qos,
                     latency: received.elapsed(),
                 }
                 .emit();
-                Ok(())
+                Ok(routed.map(|(publish, properties, retained)| {
+                    if let Some(retained) = retained {
+                        ctx.retained.update(*retained);
+                    }
+                    Packet::Publish(publish, properties)
+                }))
             }
             Err(error) => {
                 events::PublishRefused { qos, error: &error }.emit();
-                match self.version {
+                match version {
                     Version::V5 => {
-                        self.write_ack(qos, pkid, Some(error.failure()));
-                        Ok(())
+                        write_ack(conn, qos, pkid, Some(error.failure()));
+                        Ok(None)
                     }
                     Version::V4 => Err(End::KafkaRefused),
                 }
@@ -259,8 +328,24 @@ impl Link {
         }
     }
 
-    /// PUBACK (QoS 1) or PUBREC (QoS 2); with a failure, its MQTT 5 code.
-    fn write_ack(&mut self, qos: u8, pkid: u16, failure: Option<DeliveryFailure>) {
+    pub fn handle_pubrel(&mut self, pubrel: PubRel, conn: &mut Connection) {
+        let reason = if self.awaiting_pubrel.remove(&pubrel.pkid) {
+            PubCompReason::Success
+        } else {
+            PubCompReason::PacketIdentifierNotFound
+        };
+        conn.write(Packet::PubComp(
+            PubComp {
+                pkid: pubrel.pkid,
+                reason,
+            },
+            None,
+        ));
+    }
+}
+
+/// PUBACK (QoS 1) or PUBREC (QoS 2); with a failure, its MQTT 5 code.
+fn write_ack(conn: &mut Connection, qos: u8, pkid: u16, failure: Option<DeliveryFailure>) {
         let packet = if qos == 1 {
             let reason = match failure {
                 None => PubAckReason::Success,
@@ -288,23 +373,7 @@ impl Link {
             };
             Packet::PubRec(PubRec { pkid, reason }, None)
         };
-        self.write(packet);
-    }
-
-    pub(super) fn handle_pubrel(&mut self, pubrel: PubRel) {
-        let reason = if self.session.awaiting_pubrel.remove(&pubrel.pkid) {
-            PubCompReason::Success
-        } else {
-            PubCompReason::PacketIdentifierNotFound
-        };
-        self.write(Packet::PubComp(
-            PubComp {
-                pkid: pubrel.pkid,
-                reason,
-            },
-            None,
-        ));
-    }
+        conn.write(packet);
 }
 
 /// Queues one record per route `message` matches, in order.

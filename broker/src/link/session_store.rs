@@ -1,17 +1,14 @@
-//! Which client ids are connected, the sessions kept while their devices are
-//! away, and delayed wills.
+//! The sessions kept while their devices are away.
 //!
-//! A new connection with a client id already in use takes over: the old link is
-//! told to close (MQTT 5: DISCONNECT 0x8E) and the new one waits until the old
-//! has stored its session. A reconnecting client also cancels its own delayed
-//! will.
+//! A stored session waits here until its device returns or it expires (one
+//! reaper task ends them all, in deadline order). It keeps its router link
+//! only while it has plain subscriptions: the router then goes on routing to
+//! it, and a task of its own queues the QoS 1/2 messages in the session's
+//! outbox. Without them nothing of it is left in the router. An expired
+//! session is gone entirely, and its memory returns.
 //!
-//! A stored session waits in the registry until its device returns or it
-//! expires (one reaper task ends them all, in deadline order). It keeps its
-//! router link only while it has plain subscriptions: the router then goes on
-//! routing to it, and a task of its own queues the QoS 1/2 messages in the
-//! session's outbox. Without them nothing of it is left in the router. An
-//! expired session is gone entirely, and its memory returns.
+//! Kept behind this small interface (park, take, expiry) so that it can later
+//! be backed by a compacted Kafka topic for several nodes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,60 +16,23 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rumqttd::protocol::{Packet, PubComp, PubCompReason};
-use rumqttd::Notification;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::codec::Version;
+use super::registry::shrink;
 use super::session::Session;
 use crate::events;
-use crate::router::{self, RouterGone, RouterLink};
+use crate::router::{FromRouter, RouterGone, RouterLink};
 
 /// The longest single wait given to the expiry timer wheel, well below its
 /// limit (about 2.2 years): longer intervals are re-armed when it fires.
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// How long a new connection waits for the one it takes over to leave.
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Per-client timers that a reconnect cancels (delayed wills, session expiry).
-#[derive(Default)]
-struct Timers {
-    by_client: HashMap<Arc<str>, (u64, CancellationToken)>,
-}
-
-impl Timers {
-    fn start(&mut self, id: u64, client_id: Arc<str>) -> CancellationToken {
-        let token = CancellationToken::new();
-        if let Some((_, previous)) = self.by_client.insert(client_id, (id, token.clone())) {
-            previous.cancel();
-        }
-        token
-    }
-
-    fn done(&mut self, client_id: &str, id: u64) {
-        if self
-            .by_client
-            .get(client_id)
-            .is_some_and(|(current, _)| *current == id)
-        {
-            self.by_client.remove(client_id);
-        }
-    }
-
-    fn cancel(&mut self, client_id: &str) {
-        if let Some((_, token)) = self.by_client.remove(client_id) {
-            token.cancel();
-        }
-    }
-}
-
 #[derive(Default)]
 struct Inner {
     next_generation: u64,
-    connected: HashMap<Arc<str>, Registered>,
-    pending_wills: Timers,
     /// Sessions whose devices are away.
     stored: HashMap<Arc<str>, Stored>,
     /// When each stored session expires: client id and generation.
@@ -112,101 +72,18 @@ pub struct Parked {
     pub router: Option<RouterLink>,
 }
 
-struct Registered {
-    generation: u64,
-    /// Cancelled to ask the connection to close (takeover).
-    kick: CancellationToken,
-    /// Cancelled by the connection once it has left the router.
-    gone: CancellationToken,
-}
-
-/// The registry, shared by every link.
+/// The stored sessions, shared by every link.
 #[derive(Clone, Default)]
-pub struct Sessions {
+pub struct SessionStore {
     inner: Arc<Mutex<Inner>>,
 }
 
-/// A connection's place in the registry.
-pub struct Registration {
-    sessions: Sessions,
-    client_id: Arc<str>,
-    generation: u64,
-    /// Cancelled when a newer connection takes this client id over.
-    pub kicked: CancellationToken,
-    gone: CancellationToken,
-    /// True when this connection took over a live one.
-    pub took_over: bool,
-}
-
-impl Sessions {
+impl SessionStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers `client_id`, closing any connection that holds it and
-    /// cancelling its delayed will.
-    pub async fn register(&self, client_id: Arc<str>) -> Registration {
-        let previous = {
-            let mut inner = self.lock();
-            inner.pending_wills.cancel(&client_id);
-            inner.connected.get(&client_id).map(|old| {
-                old.kick.cancel();
-                old.gone.clone()
-            })
-        };
-        let took_over = previous.is_some();
-        if let Some(gone) = previous {
-            if tokio::time::timeout(TAKEOVER_TIMEOUT, gone.cancelled())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    client_id = %client_id,
-                    "previous connection did not leave within {TAKEOVER_TIMEOUT:?}; taking over anyway"
-                );
-            }
-        }
-        let mut inner = self.lock();
-        inner.next_generation += 1;
-        let generation = inner.next_generation;
-        let kicked = CancellationToken::new();
-        let gone = CancellationToken::new();
-        if let Some(older) = inner.connected.insert(
-            client_id.clone(),
-            Registered {
-                generation,
-                kick: kicked.clone(),
-                gone: gone.clone(),
-            },
-        ) {
-            // Two connections raced for the id while we waited: the other loses.
-            older.kick.cancel();
-        }
-        Registration {
-            sessions: self.clone(),
-            client_id,
-            generation,
-            kicked,
-            gone,
-            took_over,
-        }
-    }
-
-    /// Registers a delayed will for `client_id`; the token is cancelled if the
-    /// client reconnects first. Returns the will's id for [`Sessions::will_done`].
-    pub fn will_pending(&self, client_id: Arc<str>) -> (u64, CancellationToken) {
-        let mut inner = self.lock();
-        inner.next_generation += 1;
-        let id = inner.next_generation;
-        (id, inner.pending_wills.start(id, client_id))
-    }
-
-    /// Forgets a delayed will once published or cancelled.
-    pub fn will_done(&self, client_id: &str, id: u64) {
-        self.lock().pending_wills.done(client_id, id);
-    }
-
-    /// Keeps `parked` until its device returns ([`Sessions::take`]) or, after
+    /// Keeps `parked` until its device returns ([`SessionStore::take`]) or, after
     /// `expiry` (`None`: never), it expires.
     pub fn park(&self, parked: Parked, expiry: Option<Duration>) {
         let client_id = parked.session.client_id.clone();
@@ -317,7 +194,7 @@ impl Inner {
 }
 
 /// Ends stored sessions as they expire: one task for all of them.
-async fn reap(sessions: Sessions) {
+async fn reap(sessions: SessionStore) {
     loop {
         let expired = std::future::poll_fn(|cx| {
             match sessions.lock().expiries.poll_expired(cx) {
@@ -370,13 +247,13 @@ async fn route(mut parked: Parked, take: CancellationToken) -> Parked {
             take.cancelled().await;
             return parked;
         };
-        let notification = tokio::select! {
+        let said = tokio::select! {
             () = take.cancelled() => return parked,
-            notification = router.rx.next() => notification,
+            said = router.next() => said,
         };
-        let handled = match notification {
-            Ok(notification) => handle_notification(&mut parked, notification).await,
-            Err(_) => Err(RouterGone),
+        let handled = match said {
+            Ok(said) => handle_router(&mut parked, said).await,
+            Err(gone) => Err(gone),
         };
         if let Err(error) = handled {
             tracing::warn!(%error, "a stored session lost its router link");
@@ -385,45 +262,35 @@ async fn route(mut parked: Parked, take: CancellationToken) -> Parked {
     }
 }
 
-/// What a stored session does with a router notification: queue messages and
+/// What a stored session does with what the router says: queue messages and
 /// acknowledge them; nothing goes to a device.
-async fn handle_notification(
-    parked: &mut Parked,
-    notification: Option<Notification>,
-) -> Result<(), RouterGone> {
+async fn handle_router(parked: &mut Parked, said: FromRouter) -> Result<(), RouterGone> {
     let Some(router) = parked.router.as_mut() else {
         return Ok(());
     };
-    let reply = match notification {
-        Some(Notification::Forward(forward)) => parked.session.accept(forward, false),
-        Some(Notification::DeviceAck(ack)) => match Packet::from(ack) {
-            Packet::PubRel(pubrel, _) => Some(Packet::PubComp(
-                PubComp {
-                    pkid: pubrel.pkid,
-                    reason: PubCompReason::Success,
-                },
-                None,
-            )),
-            _ => None,
-        },
-        Some(Notification::Unschedule) => {
-            router.rx.wake().await.map_err(|_| RouterGone)?;
+    let reply = match said {
+        FromRouter::Forward {
+            publish,
+            properties,
+        } => parked.session.accept(publish, properties, false),
+        FromRouter::PubRel { pkid } => Some(Packet::PubComp(
+            PubComp {
+                pkid,
+                reason: PubCompReason::Success,
+            },
+            None,
+        )),
+        FromRouter::Unschedule => {
+            router.wake().await?;
             None
         }
-        _ => None,
+        FromRouter::Disconnect => return Err(RouterGone),
+        FromRouter::SubAck(_) | FromRouter::Ack(_) | FromRouter::Nothing => None,
     };
     if let Some(reply) = reply {
-        router::send_batch(&mut router.tx, vec![reply])?;
+        router.send(vec![reply])?;
     }
     Ok(())
-}
-
-/// Gives memory back once a map has shrunk well below its capacity (a burst of
-/// distinct client ids must not hold memory forever).
-fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-        map.shrink_to_fit();
-    }
 }
 
 /// How long a session outlives its network connection.
@@ -457,62 +324,3 @@ impl Expiry {
     }
 }
 
-impl Registration {
-    pub fn client_id(&self) -> &Arc<str> {
-        &self.client_id
-    }
-
-    /// Unique among every connection ever registered.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-}
-
-impl Drop for Registration {
-    /// Leaves the registry (only if still the current holder of the id) and lets
-    /// a waiting successor proceed.
-    fn drop(&mut self) {
-        {
-            let mut inner = self.sessions.lock();
-            if inner
-                .connected
-                .get(&self.client_id)
-                .is_some_and(|r| r.generation == self.generation)
-            {
-                inner.connected.remove(&self.client_id);
-                shrink(&mut inner.connected);
-            }
-        }
-        self.gone.cancel();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_second_connection_kicks_the_first_and_waits_for_it() {
-        let sessions = Sessions::default();
-        let first = sessions.register("dev".into()).await;
-        assert!(!first.took_over);
-        let kicked = first.kicked.clone();
-        let second = {
-            let sessions = sessions.clone();
-            tokio::spawn(async move { sessions.register("dev".into()).await })
-        };
-        kicked.cancelled().await;
-        drop(first);
-        let second = second.await.unwrap();
-        assert!(second.took_over);
-        assert!(!second.kicked.is_cancelled());
-    }
-
-    #[tokio::test]
-    async fn reconnecting_cancels_a_pending_will() {
-        let sessions = Sessions::default();
-        let (_, will) = sessions.will_pending("dev".into());
-        let _again = sessions.register("dev".into()).await;
-        assert!(will.is_cancelled());
-    }
-}
