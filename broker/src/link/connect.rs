@@ -1,20 +1,33 @@
 //! The CONNECT handshake: the first packet, the protocol version, the client id
 //! rules, and every refusal answered with a proper CONNACK where MQTT has one.
 //!
+//! Then [`open`] takes the registry and any stored session into account and
+//! builds the connection's link, up to its CONNACK.
+//!
 //! It never lets the router see a client id it would drop silently.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{ConnAck, ConnectProperties, ConnectReturnCode, Packet};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use super::connection::{self, Connection, Transport};
+use super::inbound::Inbound;
+use super::outbound::Outbound;
+use super::registry::Registration;
+use super::session::Session;
+use super::session_store::{Expiry, Parked};
+use super::will::PendingWill;
+use super::{Link, LinkContext, DEFAULT_CLIENT_WINDOW};
+use crate::events;
 use crate::link::codec::{next_frame, Version, CONNECT};
 use crate::link::will::Will;
 use crate::link::{valid_topic_name, LinkConfig};
-use crate::router::RESERVED_CLIENT_PREFIX;
+use crate::router::{Port, RESERVED_CLIENT_PREFIX};
 
 /// What a valid CONNECT asked for.
 pub struct Connect {
@@ -226,4 +239,111 @@ fn assign_client_id() -> String {
         .as_nanos() as u64;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("tributary-{started:x}-{n:x}")
+}
+
+/// The handshake up to CONNACK: a link, or `None` when the connection was
+/// refused (and told so where MQTT has a way).
+pub(super) async fn open(
+    mut stream: Box<dyn Transport>,
+    peer: SocketAddr,
+    ctx: Arc<LinkContext>,
+) -> Option<(Link, Registration)> {
+    let mut rbuf = BytesMut::with_capacity(connection::INITIAL_READ_BUFFER);
+    let connect = match read_connect(&mut stream, &mut rbuf, &ctx.config).await {
+        Ok(connect) => connect,
+        Err(refused) => {
+            if let Some((version, connack)) = refused.connack() {
+                let mut out = BytesMut::new();
+                if version.encode(connack, &mut out).is_ok() {
+                    let _ = stream.write_all(&out).await;
+                }
+            }
+            events::ConnectRefused {
+                peer,
+                reason: refused.reason(),
+            }
+            .emit();
+            return None;
+        }
+    };
+
+    let registration = ctx.registry.register(connect.client_id.clone()).await;
+    if registration.took_over {
+        events::SessionTakenOver.emit();
+    }
+    let expiry = Expiry::from_connect(
+        connect.version,
+        connect.clean_session,
+        connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval),
+    );
+    // A stored session resumes unless Clean Start says otherwise; its outbox
+    // was encoded for the protocol version it was made with.
+    let (session, router, session_present) = match ctx.store.take(&connect.client_id).await {
+        Some(Parked { session, router })
+            if !connect.clean_session && session.version == connect.version =>
+        {
+            (session, router, true)
+        }
+        Some(Parked { router, .. }) => {
+            drop(router);
+            (
+                Session::new(connect.client_id.clone(), connect.version),
+                None,
+                false,
+            )
+        }
+        None => (
+            Session::new(connect.client_id.clone(), connect.version),
+            None,
+            false,
+        ),
+    };
+    let router_resumed = router.is_some();
+    let properties = connect.properties.as_ref();
+    let mut session = session;
+    session.client_max_packet_size = properties
+        .and_then(|p| p.max_packet_size)
+        .map_or(usize::MAX, |size| size as usize);
+    let client_window = match connect.version {
+        Version::V4 => DEFAULT_CLIENT_WINDOW,
+        Version::V5 => properties
+            .and_then(|p| p.receive_maximum)
+            .map_or(usize::from(u16::MAX), usize::from),
+    };
+    let awaiting_pubrel = std::mem::take(&mut session.awaiting_pubrel);
+    let port = Port::new(ctx.router.clone(), registration.generation(), router);
+    let mut link = Link {
+        client_id: connect.client_id.clone(),
+        // [MQTT-3.1.2-24]: one and a half times the interval.
+        keep_alive: match ctx.config.keep_alive(connect.keep_alive) {
+            0 => None,
+            seconds => Some(Duration::from_millis(u64::from(seconds) * 1500)),
+        },
+        will: PendingWill::new(
+            ctx.wills.clone(),
+            connect.client_id.clone(),
+            connect.will.clone(),
+            port.lane().clone(),
+        ),
+        conn: Connection::new(stream, rbuf, connect.version, ctx.config.max_packet_size),
+        inbound: Inbound::new(awaiting_pubrel),
+        outbound: Outbound::new(session, client_window, registration.generation()),
+        port,
+        expiry,
+        disconnect_expiry: None,
+        ctx: ctx.clone(),
+    };
+    link.send_connack(&connect, session_present);
+    if session_present {
+        link.outbound
+            .resume(router_resumed, &link.ctx, &mut link.conn, &mut link.port);
+    }
+    events::Connected {
+        version: connect.version.label(),
+    }
+    .emit();
+    Some((link, registration))
 }

@@ -141,14 +141,17 @@ impl Connection {
             None
         };
         let mut bytes = frame.bytes;
-        let packet = self.version.decode(&mut bytes).map_err(|error| match error {
-            // [MQTT-3.8.3-2]: a SUBSCRIBE with no filter is a Protocol Error.
-            CodecError::EmptySubscription => End::Protocol(
-                DisconnectReasonCode::ProtocolError,
-                "subscribe_without_filters",
-            ),
-            _ => End::Protocol(DisconnectReasonCode::MalformedPacket, "malformed"),
-        })?;
+        let packet = self
+            .version
+            .decode(&mut bytes)
+            .map_err(|error| match error {
+                // [MQTT-3.8.3-2]: a SUBSCRIBE with no filter is a Protocol Error.
+                CodecError::EmptySubscription => End::Protocol(
+                    DisconnectReasonCode::ProtocolError,
+                    "subscribe_without_filters",
+                ),
+                _ => End::Protocol(DisconnectReasonCode::MalformedPacket, "malformed"),
+            })?;
         Ok(Incoming { packet, publish })
     }
 

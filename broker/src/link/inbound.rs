@@ -346,34 +346,34 @@ impl Inbound {
 
 /// PUBACK (QoS 1) or PUBREC (QoS 2); with a failure, its MQTT 5 code.
 fn write_ack(conn: &mut Connection, qos: u8, pkid: u16, failure: Option<DeliveryFailure>) {
-        let packet = if qos == 1 {
-            let reason = match failure {
-                None => PubAckReason::Success,
-                Some(DeliveryFailure::QueueFull) => PubAckReason::QuotaExceeded,
-                Some(DeliveryFailure::NotAuthorized) => PubAckReason::NotAuthorized,
-                Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
-                    PubAckReason::ImplementationSpecificError
-                }
-                Some(
-                    DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka,
-                ) => PubAckReason::UnspecifiedError,
-            };
-            Packet::PubAck(PubAck { pkid, reason }, None)
-        } else {
-            let reason = match failure {
-                None => PubRecReason::Success,
-                Some(DeliveryFailure::QueueFull) => PubRecReason::QuotaExceeded,
-                Some(DeliveryFailure::NotAuthorized) => PubRecReason::NotAuthorized,
-                Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
-                    PubRecReason::ImplementationSpecificError
-                }
-                Some(
-                    DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka,
-                ) => PubRecReason::UnspecifiedError,
-            };
-            Packet::PubRec(PubRec { pkid, reason }, None)
+    let packet = if qos == 1 {
+        let reason = match failure {
+            None => PubAckReason::Success,
+            Some(DeliveryFailure::QueueFull) => PubAckReason::QuotaExceeded,
+            Some(DeliveryFailure::NotAuthorized) => PubAckReason::NotAuthorized,
+            Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
+                PubAckReason::ImplementationSpecificError
+            }
+            Some(DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka) => {
+                PubAckReason::UnspecifiedError
+            }
         };
-        conn.write(packet);
+        Packet::PubAck(PubAck { pkid, reason }, None)
+    } else {
+        let reason = match failure {
+            None => PubRecReason::Success,
+            Some(DeliveryFailure::QueueFull) => PubRecReason::QuotaExceeded,
+            Some(DeliveryFailure::NotAuthorized) => PubRecReason::NotAuthorized,
+            Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
+                PubRecReason::ImplementationSpecificError
+            }
+            Some(DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka) => {
+                PubRecReason::UnspecifiedError
+            }
+        };
+        Packet::PubRec(PubRec { pkid, reason }, None)
+    };
+    conn.write(packet);
 }
 
 /// Queues one record per route `message` matches, in order.

@@ -16,6 +16,8 @@
 pub mod codec;
 pub mod connect;
 pub mod connection;
+mod context;
+mod end;
 pub mod gate;
 pub mod inbound;
 pub mod origin;
@@ -33,29 +35,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, DisconnectReasonCode, Packet, PingResp,
     Unsubscribe,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tributary_bridge::{DeliveryError, Producer, RouteTable};
+use tributary_bridge::DeliveryError;
 
 use crate::events;
-use crate::router::{EmbeddedRouter, FromRouter, Port};
+use crate::router::{FromRouter, Port};
 use codec::Version;
-use connection::{Connection, Incoming};
 pub use connection::Transport;
+use connection::{Connection, Incoming};
+pub use context::{LinkConfig, LinkContext};
+pub use end::End;
 use gate::Released;
 use inbound::{Inbound, Ticket};
 use outbound::{Outbound, OWN_PKID};
-use registry::{Registration, Registry};
-use session::Session;
-use session_store::{Expiry, Parked, SessionStore};
+use registry::Registration;
+use session_store::{Expiry, Parked};
 use shares::Handoff;
-use will::{PendingWill, Wills};
+use will::PendingWill;
 
 /// Topic aliases a MQTT 5 client may use towards Tributary (announced in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
@@ -75,51 +74,6 @@ const BUDGET_RECHECK: Duration = Duration::from_millis(2);
 /// took it over.
 const TAKEN_OVER_KEPT: Duration = Duration::from_secs(10);
 
-/// Per-connection limits, from `[mqtt]`.
-#[derive(Debug, Clone)]
-pub struct LinkConfig {
-    pub connect_timeout: Duration,
-    pub max_packet_size: usize,
-    /// QoS 1/2 publishes in flight per connection (MQTT 5 Receive Maximum).
-    pub receive_maximum: u16,
-    /// Longest keep-alive a client may ask for, in seconds.
-    pub max_keep_alive: u16,
-}
-
-impl LinkConfig {
-    /// The keep-alive a client asking for `asked` seconds gets: its own, or
-    /// the server's maximum when it asks for more or for none (0). MQTT's own
-    /// maximum, 65535, is no limit: 0 then stays 0.
-    pub fn keep_alive(&self, asked: u16) -> u16 {
-        if self.max_keep_alive == u16::MAX {
-            asked
-        } else if asked == 0 || asked > self.max_keep_alive {
-            self.max_keep_alive
-        } else {
-            asked
-        }
-    }
-}
-
-/// What every link shares.
-pub struct LinkContext {
-    pub config: LinkConfig,
-    pub router: EmbeddedRouter,
-    pub producer: Producer,
-    pub routes: Arc<RouteTable>,
-    /// Who holds which client id.
-    pub registry: Registry,
-    /// Sessions kept while their devices are away.
-    pub store: SessionStore,
-    pub wills: Wills,
-    /// Cancelled at server shutdown: links finish their in-flight work and close.
-    pub shutdown: CancellationToken,
-    /// Permits for QoS 0 records awaiting Kafka ([`QOS0_BUDGET`]).
-    pub qos0_budget: Arc<Semaphore>,
-    pub retained: Arc<retained::Retained>,
-    pub shares: Arc<shares::Shares>,
-}
-
 /// A valid PUBLISH topic name: non-empty, no wildcards, no NUL [MQTT-4.7.3].
 pub fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
@@ -129,189 +83,12 @@ pub fn valid_topic_name(topic: &str) -> bool {
 pub async fn serve(stream: impl Transport, peer: SocketAddr, ctx: Arc<LinkContext>) {
     // Each phase's state lives only as long as the phase: boxed, the
     // handshake's and the goodbye's never weigh on an idle connection.
-    let Some((mut link, registration)) = Box::pin(open(Box::new(stream), peer, ctx)).await else {
+    let Some((mut link, registration)) = Box::pin(connect::open(Box::new(stream), peer, ctx)).await
+    else {
         return;
     };
     let end = link.run(&registration).await;
     Box::pin(link.finish(end, registration)).await;
-}
-
-/// The handshake up to CONNACK: a link, or `None` when the connection was
-/// refused (and told so where MQTT has a way).
-async fn open(
-    mut stream: Box<dyn Transport>,
-    peer: SocketAddr,
-    ctx: Arc<LinkContext>,
-) -> Option<(Link, Registration)> {
-    let mut rbuf = BytesMut::with_capacity(connection::INITIAL_READ_BUFFER);
-    let connect = match connect::read_connect(&mut stream, &mut rbuf, &ctx.config).await {
-        Ok(connect) => connect,
-        Err(refused) => {
-            if let Some((version, connack)) = refused.connack() {
-                let mut out = BytesMut::new();
-                if version.encode(connack, &mut out).is_ok() {
-                    let _ = stream.write_all(&out).await;
-                }
-            }
-            events::ConnectRefused {
-                peer,
-                reason: refused.reason(),
-            }
-            .emit();
-            return None;
-        }
-    };
-
-    let registration = ctx.registry.register(connect.client_id.clone()).await;
-    if registration.took_over {
-        events::SessionTakenOver.emit();
-    }
-    let expiry = Expiry::from_connect(
-        connect.version,
-        connect.clean_session,
-        connect
-            .properties
-            .as_ref()
-            .and_then(|p| p.session_expiry_interval),
-    );
-    // A stored session resumes unless Clean Start says otherwise; its outbox
-    // was encoded for the protocol version it was made with.
-    let (session, router, session_present) = match ctx.store.take(&connect.client_id).await {
-        Some(Parked { session, router })
-            if !connect.clean_session && session.version == connect.version =>
-        {
-            (session, router, true)
-        }
-        Some(Parked { router, .. }) => {
-            drop(router);
-            (
-                Session::new(connect.client_id.clone(), connect.version),
-                None,
-                false,
-            )
-        }
-        None => (
-            Session::new(connect.client_id.clone(), connect.version),
-            None,
-            false,
-        ),
-    };
-    let router_resumed = router.is_some();
-    let properties = connect.properties.as_ref();
-    let mut session = session;
-    session.client_max_packet_size = properties
-        .and_then(|p| p.max_packet_size)
-        .map_or(usize::MAX, |size| size as usize);
-    let client_window = match connect.version {
-        Version::V4 => DEFAULT_CLIENT_WINDOW,
-        Version::V5 => properties
-            .and_then(|p| p.receive_maximum)
-            .map_or(usize::from(u16::MAX), usize::from),
-    };
-    let awaiting_pubrel = std::mem::take(&mut session.awaiting_pubrel);
-    let port = Port::new(ctx.router.clone(), registration.generation(), router);
-    let mut link = Link {
-        client_id: connect.client_id.clone(),
-        // [MQTT-3.1.2-24]: one and a half times the interval.
-        keep_alive: match ctx.config.keep_alive(connect.keep_alive) {
-            0 => None,
-            seconds => Some(Duration::from_millis(u64::from(seconds) * 1500)),
-        },
-        will: PendingWill::new(
-            ctx.wills.clone(),
-            connect.client_id.clone(),
-            connect.will.clone(),
-            port.lane().clone(),
-        ),
-        conn: Connection::new(stream, rbuf, connect.version, ctx.config.max_packet_size),
-        inbound: Inbound::new(awaiting_pubrel),
-        outbound: Outbound::new(session, client_window, registration.generation()),
-        port,
-        expiry,
-        disconnect_expiry: None,
-        ctx: ctx.clone(),
-    };
-    link.send_connack(&connect, session_present);
-    if session_present {
-        link.outbound
-            .resume(router_resumed, &link.ctx, &mut link.conn, &mut link.port);
-    }
-    events::Connected {
-        version: connect.version.label(),
-    }
-    .emit();
-    Some((link, registration))
-}
-
-/// How a connection ended; decides the last packet and whether the will fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// DISCONNECT from the device, with its reason code.
-    Disconnect(DisconnectReasonCode),
-    /// The socket closed or failed without DISCONNECT.
-    ConnectionLost,
-    KeepAliveTimeout,
-    /// A protocol violation; MQTT 5 gets a DISCONNECT with this reason.
-    Protocol(DisconnectReasonCode, &'static str),
-    /// Another connection took the client id over.
-    TakenOver,
-    /// Kafka refused a QoS 1/2 publish of an MQTT 3.1.1 client, which has no
-    /// negative acknowledgement: closing without an ack makes it re-send.
-    KafkaRefused,
-    /// The router dropped this link.
-    RouterGone,
-    /// Tributary is shutting down.
-    Shutdown,
-}
-
-impl End {
-    fn label(self) -> &'static str {
-        match self {
-            End::Disconnect(DisconnectReasonCode::DisconnectWithWillMessage) => {
-                "disconnect_with_will"
-            }
-            End::Disconnect(_) => "disconnect",
-            End::ConnectionLost => "connection_lost",
-            End::KeepAliveTimeout => "keep_alive_timeout",
-            End::Protocol(_, reason) => reason,
-            End::TakenOver => "session_taken_over",
-            End::KafkaRefused => "kafka_refused",
-            End::RouterGone => "router_gone",
-            End::Shutdown => "shutdown",
-        }
-    }
-
-    /// The DISCONNECT an MQTT 5 client gets, if any.
-    fn disconnect_reason(self) -> Option<DisconnectReasonCode> {
-        match self {
-            End::Protocol(code, _) => Some(code),
-            End::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
-            End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
-            End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
-            End::KafkaRefused => Some(DisconnectReasonCode::UnspecifiedError),
-            End::Disconnect(_) | End::ConnectionLost | End::RouterGone => None,
-        }
-    }
-
-    /// Whether the server ends the connection while the device may still be
-    /// sending.
-    fn server_closes(self) -> bool {
-        !matches!(self, End::Disconnect(_) | End::ConnectionLost)
-    }
-
-    /// Whether the will is published [MQTT-3.1.2-8], [MQTT-3.14.4-3].
-    fn fires_will(self) -> bool {
-        match self {
-            End::Disconnect(code) => code == DisconnectReasonCode::DisconnectWithWillMessage,
-            End::ConnectionLost
-            | End::KeepAliveTimeout
-            | End::Protocol(..)
-            | End::TakenOver
-            | End::RouterGone => true,
-            // The device is healthy in both cases; it reconnects and re-sends.
-            End::KafkaRefused | End::Shutdown => false,
-        }
-    }
 }
 
 /// What the connection's loop waits for; one handler each.
@@ -506,7 +283,14 @@ impl Link {
                 let version = self.conn.version();
                 let to_router = self
                     .inbound
-                    .handle_publish(&self.ctx, &self.client_id, version, meta, packet, properties)
+                    .handle_publish(
+                        &self.ctx,
+                        &self.client_id,
+                        version,
+                        meta,
+                        packet,
+                        properties,
+                    )
                     .await?;
                 if let Some(packet) = to_router {
                     self.port.relay(packet);
@@ -606,7 +390,8 @@ impl Link {
             disconnect_expiry,
             ..
         } = self;
-        conn.close(end.disconnect_reason(), end.server_closes()).await;
+        conn.close(end.disconnect_reason(), end.server_closes())
+            .await;
         if end != End::RouterGone {
             // What the device sent before leaving still reaches the router.
             let _ = port.flush().await;

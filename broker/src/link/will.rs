@@ -15,8 +15,8 @@ use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
 
 use crate::events;
 use crate::link::origin::Origin;
-use crate::link::retained::{Retained, RetainedMessage};
 use crate::link::registry::Registry;
+use crate::link::retained::{Retained, RetainedMessage};
 use crate::router::Lane;
 
 /// A connection's will, as given in its CONNECT.
