@@ -58,12 +58,12 @@ impl Server {
     /// Serves one device connection that arrived by other means than a
     /// listener (in-process tools, the fuzz target) to its end, exactly as a
     /// listener's. An error says it panicked (logged and counted).
-    pub async fn serve_connection(
+    pub fn serve_connection(
         &self,
         stream: impl link::Transport,
         peer: SocketAddr,
-    ) -> Result<(), listener::Panicked> {
-        listener::contain_panic(peer, link::serve(stream, peer, self.links.clone())).await
+    ) -> impl std::future::Future<Output = Result<(), listener::Panicked>> {
+        listener::contain_panic(peer, link::serve(stream, peer, self.links.clone()))
     }
 
     /// Stops accepting, waits for connections and deliveries up to the shutdown

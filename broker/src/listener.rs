@@ -58,12 +58,11 @@ pub async fn accept_loop<F, Fut>(
         let _ = stream.set_nodelay(true);
         let held = Held::accepted(peer, slot);
         let connection = serve(stream, peer);
-        tasks.spawn(async move {
-            // A bug must cost one connection, never the count or the slot:
-            // `held` is released however the task ends.
-            let _ = contain_panic(peer, connection).await;
-            drop(held);
-        });
+        // A bug must cost one connection, never the count or the slot:
+        // `held` is released however the task ends. (Combinators, not an
+        // async block: an async block would hold the connection's future
+        // twice over, and idle connections would cost twice the memory.)
+        tasks.spawn(contain_panic(peer, connection).map(move |_| drop(held)));
     }
 }
 
@@ -72,16 +71,20 @@ pub async fn accept_loop<F, Fut>(
 pub struct Panicked;
 
 /// Runs one connection's future; a panic in it ends only that connection, is
-/// logged and counted.
-pub async fn contain_panic(
+/// logged and counted. A plain function returning a combinator: the
+/// connection's future is held once, not copied into an async fn's state.
+pub fn contain_panic(
     peer: SocketAddr,
     connection: impl Future<Output = ()>,
-) -> Result<(), Panicked> {
-    let outcome = AssertUnwindSafe(connection).catch_unwind().await;
-    if outcome.is_err() {
-        events::ConnectionPanicked { peer }.emit();
-    }
-    outcome.map_err(|_| Panicked)
+) -> impl Future<Output = Result<(), Panicked>> {
+    AssertUnwindSafe(connection)
+        .catch_unwind()
+        .map(move |outcome| {
+            if outcome.is_err() {
+                events::ConnectionPanicked { peer }.emit();
+            }
+            outcome.map_err(|_| Panicked)
+        })
 }
 
 /// What an accepted connection holds: its place under the connection limit and

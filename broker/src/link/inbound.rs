@@ -52,13 +52,19 @@ pub enum Ticket {
     Publish {
         pkid: u16,
         qos: u8,
-        publish: Box<Publish>,
-        properties: Option<PublishProperties>,
-        /// What to store if it is a retained publish.
-        retained: Option<Box<RetainedMessage>>,
+        /// Boxed, in one allocation: the window holds many of these.
+        message: Box<Routed>,
     },
     /// A re-sent QoS 2 publish still awaiting PUBREL: PUBREC again, nothing else.
     Repeat { pkid: u16 },
+}
+
+/// A publish on its way to the router once Kafka has it.
+pub struct Routed {
+    publish: Publish,
+    properties: Option<PublishProperties>,
+    /// What to store if it is a retained publish.
+    retained: Option<Box<RetainedMessage>>,
 }
 
 impl Inbound {
@@ -214,9 +220,11 @@ impl Inbound {
                 let ticket = Ticket::Publish {
                     pkid: meta.pkid,
                     qos,
-                    publish: Box::new(routed),
-                    properties,
-                    retained,
+                    message: Box::new(Routed {
+                        publish: routed,
+                        properties,
+                        retained,
+                    }),
                 };
                 self.gate
                     .push(ticket, received, AllDelivered::new(deliveries));
@@ -271,13 +279,7 @@ impl Inbound {
             received,
         } = released;
         let (pkid, qos, routed) = match ticket {
-            Ticket::Publish {
-                pkid,
-                qos,
-                publish,
-                properties,
-                retained,
-            } => (pkid, qos, Some((*publish, properties, retained))),
+            Ticket::Publish { pkid, qos, message } => (pkid, qos, Some(message)),
             Ticket::Repeat { pkid } => {
                 // Its first copy was released just before: it answers the same.
                 let reason = if self.awaiting_pubrel.contains(&pkid) {
@@ -308,7 +310,12 @@ impl Inbound {
                     latency: received.elapsed(),
                 }
                 .emit();
-                Ok(routed.map(|(publish, properties, retained)| {
+                Ok(routed.map(|message| {
+                    let Routed {
+                        publish,
+                        properties,
+                        retained,
+                    } = *message;
                     if let Some(retained) = retained {
                         ctx.retained.update(*retained);
                     }

@@ -365,11 +365,13 @@ impl Link {
             FromRouter::PubRel { pkid } => self.outbound.handle_router_pubrel(pkid, &mut self.port),
             FromRouter::SubAck(packet) => {
                 self.outbound
-                    .handle_suback(packet, &self.ctx, &mut self.conn)
+                    .handle_suback(*packet, &self.ctx, &mut self.conn)
             }
-            // UNSUBSCRIBE is answered by the gateway (see `outbound`).
-            FromRouter::Ack(Packet::UnsubAck(..)) => {}
-            FromRouter::Ack(packet) => self.conn.write(packet),
+            FromRouter::Ack(packet) => match *packet {
+                // UNSUBSCRIBE is answered by the gateway (see `outbound`).
+                Packet::UnsubAck(..) => {}
+                packet => self.conn.write(packet),
+            },
             FromRouter::Unschedule => self.port.wake().await.map_err(|_| End::RouterGone)?,
             FromRouter::Disconnect => return Err(End::RouterGone),
             FromRouter::Nothing => {}

@@ -58,11 +58,11 @@ impl Outbound {
     pub fn handle_forward(
         &mut self,
         publish: Publish,
-        properties: Option<PublishProperties>,
+        properties: Option<Box<PublishProperties>>,
         conn: &mut Connection,
         port: &mut Port,
     ) {
-        if let Some(ack) = self.session.accept(publish, properties, true) {
+        if let Some(ack) = self.session.accept(publish, properties.map(|p| *p), true) {
             port.relay(ack);
         }
         self.settle(conn);

@@ -272,7 +272,9 @@ async fn handle_router(parked: &mut Parked, said: FromRouter) -> Result<(), Rout
         FromRouter::Forward {
             publish,
             properties,
-        } => parked.session.accept(publish, properties, false),
+        } => parked
+            .session
+            .accept(publish, properties.map(|p| *p), false),
         FromRouter::PubRel { pkid } => Some(Packet::PubComp(
             PubComp {
                 pkid,

@@ -69,7 +69,8 @@ impl Will {
 /// without [`PendingWill::fire`] or [`PendingWill::cancel`] (a connection task
 /// that panicked), it is published all the same.
 pub struct PendingWill {
-    will: Option<(Arc<str>, Will)>,
+    /// Boxed: most connections have no will, and an idle one stays small.
+    will: Option<Box<(Arc<str>, Will)>>,
     wills: Wills,
     /// The connection's own publish lane: its will never overtakes what it
     /// published before.
@@ -79,7 +80,7 @@ pub struct PendingWill {
 impl PendingWill {
     pub fn new(wills: Wills, client_id: Arc<str>, will: Option<Will>, lane: Lane) -> PendingWill {
         PendingWill {
-            will: will.map(|will| (client_id, will)),
+            will: will.map(|will| Box::new((client_id, will))),
             wills,
             lane,
         }
@@ -87,7 +88,8 @@ impl PendingWill {
 
     /// Schedules the will (after its delay).
     pub fn fire(mut self) {
-        if let Some((client_id, will)) = self.will.take() {
+        if let Some(pending) = self.will.take() {
+            let (client_id, will) = *pending;
             self.wills.schedule(client_id, will, self.lane.clone());
         }
     }
@@ -100,8 +102,9 @@ impl PendingWill {
 
 impl Drop for PendingWill {
     fn drop(&mut self) {
-        if let Some((client_id, will)) = self.will.take() {
+        if let Some(pending) = self.will.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
+                let (client_id, will) = *pending;
                 self.wills.schedule(client_id, will, self.lane.clone());
             }
         }

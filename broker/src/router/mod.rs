@@ -247,14 +247,15 @@ pub enum FromRouter {
     /// A message for the subscriber (its packet id is the router's own).
     Forward {
         publish: Publish,
-        properties: Option<PublishProperties>,
+        /// Boxed: the connection's loop holds one of these while idle.
+        properties: Option<Box<PublishProperties>>,
     },
     /// The router releases a QoS 2 message it forwarded.
     PubRel { pkid: u16 },
     /// The answer to a SUBSCRIBE handed over, as the packet the device gets.
-    SubAck(Packet),
+    SubAck(Box<Packet>),
     /// Any other acknowledgement, as its packet.
-    Ack(Packet),
+    Ack(Box<Packet>),
     /// The router stops scheduling the link until [`RouterLink::wake`].
     Unschedule,
     /// The router drops the link.
@@ -268,13 +269,13 @@ impl From<Notification> for FromRouter {
         match notification {
             Notification::Forward(forward) => FromRouter::Forward {
                 publish: forward.publish,
-                properties: forward.properties,
+                properties: forward.properties.map(Box::new),
             },
             // The router's acknowledgement type is private; its packet is not.
             Notification::DeviceAck(ack) => match Packet::from(ack) {
                 Packet::PubRel(pubrel, _) => FromRouter::PubRel { pkid: pubrel.pkid },
-                packet @ Packet::SubAck(..) => FromRouter::SubAck(packet),
-                packet => FromRouter::Ack(packet),
+                packet @ Packet::SubAck(..) => FromRouter::SubAck(Box::new(packet)),
+                packet => FromRouter::Ack(Box::new(packet)),
             },
             Notification::Unschedule => FromRouter::Unschedule,
             Notification::Disconnect(..) => FromRouter::Disconnect,
