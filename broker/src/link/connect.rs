@@ -330,7 +330,12 @@ pub(super) async fn open(
         ),
         conn: Connection::new(stream, rbuf, connect.version, ctx.config.max_packet_size),
         inbound: Inbound::new(awaiting_pubrel),
-        outbound: Outbound::new(session, client_window, registration.generation()),
+        outbound: Outbound::new(
+            session,
+            client_window,
+            registration.generation(),
+            properties.and_then(|p| p.topic_alias_max),
+        ),
         port,
         expiry,
         disconnect_expiry: None,

@@ -29,6 +29,7 @@ pub mod session;
 pub mod session_store;
 pub mod shares;
 pub mod subscriptions;
+pub mod topic_alias;
 pub mod will;
 
 use std::net::SocketAddr;

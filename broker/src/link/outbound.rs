@@ -22,6 +22,7 @@ use super::outbox::Acked;
 use super::session::Session;
 use super::shares::Handoff;
 use super::subscriptions::{split_shared, Options, RetainHandling};
+use super::topic_alias::TopicAliases;
 use super::{End, LinkContext};
 use crate::events;
 use crate::router::Port;
@@ -50,6 +51,9 @@ pub struct Outbound {
     /// Shares handed to this connection by other members; made when it first
     /// joins a shared subscription.
     handoffs: Option<(UnboundedSender<Handoff>, UnboundedReceiver<Handoff>)>,
+    /// Topic aliases towards an MQTT 5 client that accepts them (boxed: most
+    /// connections have none).
+    aliases: Option<Box<TopicAliases>>,
 }
 
 impl Outbound {
@@ -129,7 +133,12 @@ impl Outbound {
     /// Sends the device every queued message its Receive Maximum allows.
     pub fn settle(&mut self, conn: &mut Connection) {
         while let Some(frame) = self.session.outbox.next(self.client_window) {
-            conn.out().extend_from_slice(&frame);
+            match self.aliases.as_mut() {
+                Some(aliases) => {
+                    aliases.write(&frame, conn.out(), self.session.client_max_packet_size)
+                }
+                None => conn.out().extend_from_slice(&frame),
+            }
         }
     }
 
@@ -282,13 +291,20 @@ impl Outbound {
         Ok(())
     }
 
-    pub fn new(session: Session, client_window: usize, member_id: u64) -> Outbound {
+    /// `topic_alias_max` is the MQTT 5 client's Topic Alias Maximum.
+    pub fn new(
+        session: Session,
+        client_window: usize,
+        member_id: u64,
+        topic_alias_max: Option<u16>,
+    ) -> Outbound {
         Outbound {
             session,
             client_window,
             retained_due: Vec::new(),
             member_id,
             handoffs: None,
+            aliases: TopicAliases::new(topic_alias_max).map(Box::new),
         }
     }
 

@@ -211,7 +211,7 @@ impl Outbox {
             if front.qos > 0 && self.in_flight.len() >= window {
                 return None;
             }
-            let queued = self.queued.pop_front().expect("front exists");
+            let queued = self.queued.pop_front()?;
             let Some(expires) = queued.expires else {
                 break queued;
             };

@@ -1,6 +1,8 @@
-//! Protocol violations and edge values a device may send: each closes only its
-//! own connection, with the reason code MQTT 5 gives it, and nothing a device
-//! sends takes the broker (or its counters) down with it.
+//! Protocol violations and edge values a device may send, checked byte by
+//! byte: each violation closes only its own connection, with the reason code
+//! MQTT 5 gives it, and nothing a device sends takes the broker (or its
+//! counters) down with it. Also the byte-level features client libraries hide
+//! (server keep-alive, topic aliases towards the client).
 
 use rumqttc::v5::mqttbytes::QoS;
 use tributary_wire::{packet, write_varint};
@@ -365,4 +367,64 @@ async fn a_client_that_keeps_sending_after_a_violation_reads_the_reason() {
         Some(&[0xe0, 0x01, 0x82][..]),
         "{answer:x?}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_accepts_topic_aliases_gets_them() {
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    // Topic Alias Maximum 4.
+    let (mut raw, _) = connected5(
+        addr,
+        &connect5("alias-sub", 0x02, &[0x22, 0x00, 0x04], None),
+    )
+    .await;
+    let topic = b"alias/t";
+    let mut subscribe = vec![0x00, 0x01, 0x00];
+    subscribe.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    subscribe.extend_from_slice(topic);
+    subscribe.push(0x00);
+    raw.send(&packet(0x82, &subscribe)).await;
+    let suback = read_packet(&mut raw).await.expect("SUBACK");
+    assert_eq!(suback.first(), Some(&0x90), "{suback:x?}");
+
+    let (mut publisher, _) = Client::connect(addr, "alias-pub").await;
+    for payload in [b"one", b"two"] {
+        publisher
+            .publish(
+                "alias/t",
+                QoS::AtMostOnce,
+                false,
+                payload,
+                rumqttc::v5::mqttbytes::v5::PublishProperties::default(),
+            )
+            .await;
+    }
+    // (topic, properties, payload) of a QoS 0 PUBLISH.
+    let parse = |frame: &[u8]| {
+        let header = tributary_wire::FixedHeader::peek(frame).unwrap().unwrap();
+        let body = &frame[header.header_len..];
+        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let topic = body[2..2 + topic_len].to_vec();
+        let (props_len, at) = tributary_wire::read_varint(&body[2 + topic_len..])
+            .unwrap()
+            .unwrap();
+        let props_start = 2 + topic_len + at;
+        let props = body[props_start..props_start + props_len].to_vec();
+        (topic, props, body[props_start + props_len..].to_vec())
+    };
+    let first = parse(&read_packet(&mut raw).await.expect("first PUBLISH"));
+    let second = parse(&read_packet(&mut raw).await.expect("second PUBLISH"));
+    assert_eq!(first.0, topic, "the first names the topic");
+    assert!(first.1.windows(3).any(|w| w == [0x23, 0, 1]), "{first:x?}");
+    assert_eq!(first.2, b"one");
+    assert!(
+        second.0.is_empty(),
+        "the second uses the alias alone: {second:x?}"
+    );
+    assert!(
+        second.1.windows(3).any(|w| w == [0x23, 0, 1]),
+        "{second:x?}"
+    );
+    assert_eq!(second.2, b"two");
 }
