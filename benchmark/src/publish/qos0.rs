@@ -25,20 +25,6 @@ const SEND_BUFFER: u32 = 64 * 1024;
 /// Packet identifier of the fence publish.
 const FENCE_PKID: u16 = 1;
 
-fn remaining_length(out: &mut BytesMut, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if len == 0 {
-            return;
-        }
-    }
-}
-
 fn connect_packet(client_id: &str, protocol: u8) -> BytesMut {
     let mut body = BytesMut::new();
     body.put_slice(b"\x00\x04MQTT");
@@ -52,7 +38,7 @@ fn connect_packet(client_id: &str, protocol: u8) -> BytesMut {
     body.put_slice(client_id.as_bytes());
     let mut out = BytesMut::new();
     out.put_u8(0x10);
-    remaining_length(&mut out, body.len());
+    tributary_wire::write_varint(body.len(), &mut out);
     out.put_slice(&body);
     out
 }
@@ -61,7 +47,7 @@ fn put_publish(out: &mut BytesMut, topic: &str, qos: u8, payload: &[u8], protoco
     let pkid_len = if qos > 0 { 2 } else { 0 };
     let props_len = usize::from(protocol == 5);
     out.put_u8(0x30 | (qos << 1));
-    remaining_length(out, 2 + topic.len() + pkid_len + props_len + payload.len());
+    tributary_wire::write_varint(2 + topic.len() + pkid_len + props_len + payload.len(), out);
     out.put_u16(topic.len() as u16);
     out.put_slice(topic.as_bytes());
     if qos > 0 {
@@ -76,20 +62,11 @@ fn put_publish(out: &mut BytesMut, topic: &str, qos: u8, payload: &[u8], protoco
 /// Reads packets until one of type `kind` (high nibble) arrives.
 async fn expect(stream: &mut TcpStream, buf: &mut BytesMut, kind: u8) -> anyhow::Result<()> {
     loop {
-        while buf.len() >= 2 {
-            let (mut len, mut shift, mut at) = (0usize, 0, 1);
-            while at < buf.len() && at <= 4 {
-                len |= usize::from(buf[at] & 0x7f) << shift;
-                shift += 7;
-                at += 1;
-                if buf[at - 1] & 0x80 == 0 {
-                    break;
-                }
-            }
-            if buf.len() < at + len {
+        while let Ok(Some(header)) = tributary_wire::FixedHeader::peek(buf) {
+            if buf.len() < header.frame_len() {
                 break;
             }
-            let packet = buf.split_to(at + len);
+            let packet = buf.split_to(header.frame_len());
             if packet[0] >> 4 == kind {
                 return Ok(());
             }

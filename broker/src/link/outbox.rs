@@ -112,17 +112,9 @@ fn expiry_offset(frame: &[u8], start: usize) -> Option<usize> {
 }
 
 /// A variable byte integer at `at`: its value and the offset after it.
-fn read_varint(frame: &[u8], mut at: usize) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for shift in [0, 7, 14, 21] {
-        let byte = *frame.get(at)?;
-        at += 1;
-        value |= usize::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some((value, at));
-        }
-    }
-    None
+fn read_varint(frame: &[u8], at: usize) -> Option<(usize, usize)> {
+    let (value, len) = tributary_wire::read_varint(frame.get(at..)?).ok()??;
+    Some((value, at + len))
 }
 
 /// The shared subscription a message came through, so that another member of
@@ -360,7 +352,7 @@ pub fn reencode(frame: &[u8], fixed_header_len: usize, qos: u8, retain: bool) ->
     let remaining = topic_end + id_len + rest.len();
     let mut out = BytesMut::with_capacity(5 + remaining);
     out.put_u8((frame[0] & 0xf0) | (qos << 1) | u8::from(retain));
-    put_remaining_length(&mut out, remaining);
+    tributary_wire::write_varint(remaining, &mut out);
     out.extend_from_slice(&body[..topic_end]);
     let pkid_at = out.len();
     if qos > 0 {
@@ -373,20 +365,6 @@ pub fn reencode(frame: &[u8], fixed_header_len: usize, qos: u8, retain: bool) ->
         pkid_at,
         share: None,
         expires: None,
-    }
-}
-
-fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if len == 0 {
-            return;
-        }
     }
 }
 

@@ -135,9 +135,7 @@ pub fn connect_v4(client_id: &str) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
     body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
     body.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend_from_slice(&body);
-    packet
+    tributary_wire::packet(0x10, &body)
 }
 
 /// An MQTT 3.1.1 QoS 0 PUBLISH.
@@ -145,21 +143,7 @@ pub fn publish_v4(topic: &str, payload: &[u8]) -> Vec<u8> {
     let mut body = (topic.len() as u16).to_be_bytes().to_vec();
     body.extend_from_slice(topic.as_bytes());
     body.extend_from_slice(payload);
-    let mut packet = vec![0x30];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&body);
-    packet
+    tributary_wire::packet(0x30, &body)
 }
 
 /// A Kafka of the test's own, on its own port, that the test may stop and

@@ -145,26 +145,7 @@ pub fn filter(path: &str, qos: QoS) -> Filter {
 
 /// Raw MQTT 5 packets, for what client libraries refuse to send.
 pub mod raw5 {
-    pub fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
-        loop {
-            let mut byte = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            out.push(byte);
-            if len == 0 {
-                return;
-            }
-        }
-    }
-
-    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        remaining_length(body.len(), &mut out);
-        out.extend_from_slice(body);
-        out
-    }
+    use tributary_wire::{packet, write_varint};
 
     /// CONNECT, clean start, keep-alive 60, no properties.
     pub fn connect(client_id: &str) -> Vec<u8> {
@@ -178,7 +159,7 @@ pub mod raw5 {
     pub fn publish(topic: &str, properties: &[u8], payload: &[u8]) -> Vec<u8> {
         let mut body = (topic.len() as u16).to_be_bytes().to_vec();
         body.extend_from_slice(topic.as_bytes());
-        remaining_length(properties.len(), &mut body);
+        write_varint(properties.len(), &mut body);
         body.extend_from_slice(properties);
         body.extend_from_slice(payload);
         packet(0x30, &body)
