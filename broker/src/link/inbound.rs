@@ -353,34 +353,77 @@ impl Inbound {
 
 /// PUBACK (QoS 1) or PUBREC (QoS 2); with a failure, its MQTT 5 code.
 fn write_ack(conn: &mut Connection, qos: u8, pkid: u16, failure: Option<DeliveryFailure>) {
+    let reason = AckReason::from(failure);
     let packet = if qos == 1 {
-        let reason = match failure {
-            None => PubAckReason::Success,
-            Some(DeliveryFailure::QueueFull) => PubAckReason::QuotaExceeded,
-            Some(DeliveryFailure::NotAuthorized) => PubAckReason::NotAuthorized,
-            Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
-                PubAckReason::ImplementationSpecificError
-            }
-            Some(DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka) => {
-                PubAckReason::UnspecifiedError
-            }
-        };
-        Packet::PubAck(PubAck { pkid, reason }, None)
+        Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: reason.puback(),
+            },
+            None,
+        )
     } else {
-        let reason = match failure {
-            None => PubRecReason::Success,
-            Some(DeliveryFailure::QueueFull) => PubRecReason::QuotaExceeded,
-            Some(DeliveryFailure::NotAuthorized) => PubRecReason::NotAuthorized,
-            Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
-                PubRecReason::ImplementationSpecificError
-            }
-            Some(DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka) => {
-                PubRecReason::UnspecifiedError
-            }
-        };
-        Packet::PubRec(PubRec { pkid, reason }, None)
+        Packet::PubRec(
+            PubRec {
+                pkid,
+                reason: reason.pubrec(),
+            },
+            None,
+        )
     };
     conn.write(packet);
+}
+
+/// The MQTT 5 reason a publish is acknowledged with, from what Kafka said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckReason {
+    Success,
+    /// 0x97: the local producer queue stayed full.
+    QuotaExceeded,
+    /// 0x87: Kafka's ACLs refuse the topic.
+    NotAuthorized,
+    /// 0x83: valid, but Kafka cannot take it (no such topic, too large).
+    ImplementationSpecific,
+    /// 0x80: Kafka did not answer in time, or failed otherwise.
+    Unspecified,
+}
+
+impl From<Option<DeliveryFailure>> for AckReason {
+    fn from(failure: Option<DeliveryFailure>) -> AckReason {
+        match failure {
+            None => AckReason::Success,
+            Some(DeliveryFailure::QueueFull) => AckReason::QuotaExceeded,
+            Some(DeliveryFailure::NotAuthorized) => AckReason::NotAuthorized,
+            Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
+                AckReason::ImplementationSpecific
+            }
+            Some(DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka) => {
+                AckReason::Unspecified
+            }
+        }
+    }
+}
+
+impl AckReason {
+    fn puback(self) -> PubAckReason {
+        match self {
+            AckReason::Success => PubAckReason::Success,
+            AckReason::QuotaExceeded => PubAckReason::QuotaExceeded,
+            AckReason::NotAuthorized => PubAckReason::NotAuthorized,
+            AckReason::ImplementationSpecific => PubAckReason::ImplementationSpecificError,
+            AckReason::Unspecified => PubAckReason::UnspecifiedError,
+        }
+    }
+
+    fn pubrec(self) -> PubRecReason {
+        match self {
+            AckReason::Success => PubRecReason::Success,
+            AckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
+            AckReason::NotAuthorized => PubRecReason::NotAuthorized,
+            AckReason::ImplementationSpecific => PubRecReason::ImplementationSpecificError,
+            AckReason::Unspecified => PubRecReason::UnspecifiedError,
+        }
+    }
 }
 
 /// Queues one record per route `message` matches, in order.
