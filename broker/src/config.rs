@@ -337,13 +337,22 @@ impl Config {
         }
     }
 
-    pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt.listen.parse().expect("validated")
+    /// The MQTT listener's address (checked by `validate`; a config built in
+    /// code may skip that, so it is an error here, never a panic).
+    pub fn mqtt_addr(&self) -> anyhow::Result<SocketAddr> {
+        parse_addr("mqtt.listen", &self.mqtt.listen)
     }
 
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http.listen.parse().expect("validated")
+    /// The HTTP listener's address (see [`Config::mqtt_addr`]).
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        parse_addr("http.listen", &self.http.listen)
     }
+}
+
+fn parse_addr(field: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{field}: '{value}' is not an address like 0.0.0.0:1883"))
 }
 
 /// Deserialises one section, or its default when absent.

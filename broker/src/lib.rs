@@ -111,11 +111,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         probe.abort();
     });
 
-    let mqtt = TcpListener::bind(config.mqtt_addr())
+    let mqtt = TcpListener::bind(config.mqtt_addr()?)
         .await
         .with_context(|| format!("binding the MQTT listener on {}", config.mqtt.listen))?;
     let mqtt_addr = mqtt.local_addr()?;
-    let http = TcpListener::bind(config.http_addr())
+    let http = TcpListener::bind(config.http_addr()?)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", config.http.listen))?;
     let http_addr = http.local_addr()?;

@@ -64,9 +64,14 @@ impl Queued {
     /// an interval that no longer holds [MQTT-3.3.2-5], [MQTT-3.3.2-6].
     pub fn expiring(mut self, now_ms: u64) -> Queued {
         let start = self.pkid_at + if self.qos > 0 { 2 } else { 0 };
-        if let Some(offset) = expiry_offset(&self.frame, start) {
-            let left =
-                u32::from_be_bytes(self.frame[offset..offset + 4].try_into().expect("4 bytes"));
+        let found = expiry_offset(&self.frame, start).and_then(|offset| {
+            let bytes = self.frame.get(offset..offset + 4)?;
+            Some((
+                offset,
+                u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            ))
+        });
+        if let Some((offset, left)) = found {
             self.expires = Some(Expires {
                 at_ms: now_ms + u64::from(left) * 1000,
                 offset,
