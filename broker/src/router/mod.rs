@@ -182,6 +182,22 @@ impl Lane {
         send_batch_inner(&mut self.tx(), packets)
     }
 
+    /// Waits (at most `timeout`) until the router has taken everything on
+    /// this lane: the router handles what it took before anything it is
+    /// given later on another link.
+    pub async fn taken(&self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut pause = std::time::Duration::from_micros(50);
+        while !self.tx().buffer().is_empty() {
+            if std::time::Instant::now() >= deadline {
+                tracing::debug!("a lane was not taken in time; a switch to a link may reorder");
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(2));
+        }
+    }
+
     /// Like [`Lane::send`], then waits while the router is far behind on
     /// this lane.
     pub async fn send_paced(&self, packets: Vec<Packet>) -> Result<(), RouterGone> {

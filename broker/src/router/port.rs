@@ -2,13 +2,22 @@
 //! it subscribes.
 //!
 //! Packets are batched per turn of the connection's loop and handed over in
-//! order; publishes go by the lane, everything else by the link. The link is
-//! opened the first time there is something to carry on it, so a connection
-//! that only publishes never has one.
+//! order. Until the connection has a link, its publishes go by the lane; the
+//! link is opened the first time there is something else to carry (a
+//! SUBSCRIBE), so a connection that only publishes never has one. From then on
+//! everything goes by the link, publishes included: a client that subscribes
+//! and then publishes to itself gets its message, and its messages keep their
+//! order across the switch (the link waits, briefly, for the lane to hand the
+//! router what this connection put on it before).
 
 use rumqttd::protocol::Packet;
 
 use super::{EmbeddedRouter, FromRouter, Lane, RouterGone, RouterLink};
+
+/// Longest a connection switching from its lane to its own link waits for the
+/// lane to be taken by the router; past it, its last lane publishes could be
+/// routed after its first link ones.
+const LANE_SWITCH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct Port {
     router: EmbeddedRouter,
@@ -38,8 +47,9 @@ impl Port {
 
     /// Queues `packet` for the router; it goes with the next [`Port::flush`].
     pub fn relay(&mut self, packet: Packet) {
+        let by_lane = self.link.is_none() && self.to_link.is_empty();
         match packet {
-            Packet::Publish(..) => self.to_lane.push(packet),
+            Packet::Publish(..) if by_lane => self.to_lane.push(packet),
             packet => self.to_link.push(packet),
         }
     }
@@ -61,6 +71,9 @@ impl Port {
                     tracing::error!(%error, "the router refused a link");
                     RouterGone
                 })?;
+                // What this connection put on the lane reaches the router
+                // before what it puts on its link.
+                self.lane.taken(LANE_SWITCH_WAIT).await;
                 self.link.insert(opened)
             }
         };

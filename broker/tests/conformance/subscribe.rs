@@ -257,3 +257,46 @@ async fn a_plain_empty_publish_leaves_the_retained_message_alone() {
     let got = late.next_publish(WAIT).await.expect("still retained");
     assert_eq!(got.payload, Bytes::from_static(b"kept"));
 }
+
+#[tokio::test]
+async fn a_client_that_subscribes_then_publishes_at_once_gets_its_own_messages_in_order() {
+    use tokio::io::AsyncReadExt;
+    let server = broker().await;
+    let mut raw = Raw::connect(server.mqtt_addr()).await;
+    // CONNECT, SUBSCRIBE self/t QoS 0, then 20 QoS 0 PUBLISHes to it, in one
+    // write: no waiting for the CONNACK or the SUBACK.
+    let mut bytes = crate::common::connect_v4("self-order");
+    let mut subscribe = vec![0x00, 0x01, 0x00, 0x06];
+    subscribe.extend_from_slice(b"self/t");
+    subscribe.push(0x00);
+    bytes.extend_from_slice(&tributary_wire::packet(0x82, &subscribe));
+    for i in 0..20u8 {
+        bytes.extend_from_slice(&crate::common::publish_v4("self/t", &[i]));
+    }
+    raw.send(&bytes).await;
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < 20 && tokio::time::Instant::now() < deadline {
+        let mut chunk = [0u8; 1024];
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, raw.0.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        while let Ok(Some(header)) = tributary_wire::FixedHeader::peek(&buf) {
+            if buf.len() < header.frame_len() {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..header.frame_len()).collect();
+            if header.packet_type() == tributary_wire::packet_type::PUBLISH {
+                got.push(*frame.last().unwrap_or(&0xff));
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        (0..20u8).collect::<Vec<_>>(),
+        "all of its own, in order"
+    );
+}
