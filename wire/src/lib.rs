@@ -213,6 +213,27 @@ pub fn connect_flags(frame: &[u8]) -> Option<u8> {
     body.get(2 + name_len + 1).copied()
 }
 
+/// Whether `topic` matches the topic filter `filter` [MQTT-4.7]: `+` one level
+/// (an empty one too), `#` this level and everything below (also the parent:
+/// `a/#` matches `a`), and no wildcard at the first level matches a `$` topic
+/// [MQTT-4.7.2-1]. Total on any UTF-8, whatever its first character.
+pub fn topic_matches(topic: &str, filter: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for wanted in filter.split('/') {
+        if wanted == "#" {
+            return true;
+        }
+        match levels.next() {
+            Some(level) if wanted == "+" || wanted == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
 /// A whole packet: `first` byte, remaining length, then `body`.
 pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + varint_len(body.len()) + body.len());
@@ -271,6 +292,29 @@ mod tests {
         assert_eq!(check_client_packet(0x3b, 5), Ok(()));
         assert_eq!(check_client_packet(0x36, 5), Err(HeaderViolation::BadFlags));
         assert_eq!(check_client_packet(0x38, 5), Err(HeaderViolation::BadFlags));
+    }
+
+    #[test]
+    fn topics_match_filters_by_mqtts_rules() {
+        for (topic, filter, expected) in [
+            ("a/b", "a/b", true),
+            ("a/b", "a/+", true),
+            ("a/", "a/+", true),
+            ("a", "a/#", true),
+            ("a/b/c", "a/#", true),
+            ("a/b/c", "#", true),
+            ("a/b", "a", false),
+            ("a", "a/b", false),
+            ("a/b/c", "a/+", false),
+            ("$SYS/x", "#", false),
+            ("$SYS/x", "+/x", false),
+            ("$SYS/x", "$SYS/#", true),
+            ("é/x", "é/+", true),
+            ("é/x", "#", true),
+            ("ü", "é", false),
+        ] {
+            assert_eq!(topic_matches(topic, filter), expected, "{topic} ~ {filter}");
+        }
     }
 
     #[test]

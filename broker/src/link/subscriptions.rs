@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use rumqttd::protocol::{matches, Filter, QoS, RetainForwardRule};
+use rumqttd::protocol::{Filter, QoS, RetainForwardRule};
 
 /// Options of one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,20 +145,9 @@ impl Subscriptions {
 }
 
 /// MQTT topic matching, with `$` topics not matched by leading wildcards
-/// [MQTT-4.7.2-1].
+/// [MQTT-4.7.2-1] (see `tributary_wire::topic_matches`).
 pub fn matches_filter(topic: &str, filter: &str) -> bool {
-    if topic.starts_with('$') {
-        if filter.starts_with('+') || filter.starts_with('#') {
-            return false;
-        }
-        // rumqttd's matcher refuses every `$` topic; compare literally instead.
-        return topic
-            .split('/')
-            .zip(filter.split('/'))
-            .all(|(t, f)| f == "+" || f == "#" || t == f)
-            && (filter.ends_with('#') || topic.split('/').count() == filter.split('/').count());
-    }
-    matches(topic, filter)
+    tributary_wire::topic_matches(topic, filter)
 }
 
 #[cfg(test)]

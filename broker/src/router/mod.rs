@@ -11,6 +11,7 @@
 //! it always runs on the blocking pool; nothing here may stall the async runtime.
 
 mod port;
+mod topic;
 
 use std::sync::{Arc, Mutex};
 
@@ -287,8 +288,11 @@ pub enum FromRouter {
 impl From<Notification> for FromRouter {
     fn from(notification: Notification) -> FromRouter {
         match notification {
-            Notification::Forward(forward) => FromRouter::Forward {
-                publish: forward.publish,
+            Notification::Forward(mut forward) => FromRouter::Forward {
+                publish: {
+                    forward.publish.topic = topic::from_router(forward.publish.topic);
+                    forward.publish
+                },
                 properties: forward.properties.map(Box::new),
             },
             // The router's acknowledgement type is private; its packet is not.
@@ -412,10 +416,35 @@ async fn pace(
     Ok(())
 }
 
+/// `packet` with its topic or filters as the router gets them (see `topic`).
+fn to_router(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(mut publish, properties) => {
+            publish.topic = topic::to_router(&publish.topic);
+            Packet::Publish(publish, properties)
+        }
+        Packet::Subscribe(mut subscribe, properties) => {
+            for filter in &mut subscribe.filters {
+                filter.path = topic::filter_to_router(&filter.path);
+            }
+            Packet::Subscribe(subscribe, properties)
+        }
+        Packet::Unsubscribe(mut unsubscribe, properties) => {
+            for filter in &mut unsubscribe.filters {
+                *filter = topic::filter_to_router(filter);
+            }
+            Packet::Unsubscribe(unsubscribe, properties)
+        }
+        packet => packet,
+    }
+}
+
 fn send_batch_inner(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
     if packets.is_empty() {
         return Ok(());
     }
+    // Every packet for the router passes here: its topics are written for it.
+    let packets = packets.into_iter().map(to_router);
     let router_has_pending = {
         let mut buffer = tx.buffer();
         let pending = !buffer.is_empty();

@@ -208,3 +208,66 @@ async fn unacknowledged_messages_come_again_with_dup_after_reconnect() {
         "nothing left owed"
     );
 }
+
+#[tokio::test]
+async fn topics_whose_first_character_is_not_ascii_are_routed_like_any_other() {
+    // Such a topic once stopped the router's thread (and all routing).
+    let server = broker().await;
+    let addr = server.mqtt_addr();
+    let (mut all, _) = Client::connect(addr, "utf8-all").await;
+    all.subscribe(filter("#", QoS::AtLeastOnce)).await;
+    let (mut one, _) = Client::connect(addr, "utf8-one").await;
+    one.subscribe(filter("é/+", QoS::AtLeastOnce)).await;
+    let (mut publisher, _) = Client::connect(addr, "utf8-pub").await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        publisher
+            .publish("é/x", qos, false, b"accent", PublishProperties::default())
+            .await;
+        for subscriber in [&mut all, &mut one] {
+            let got = subscriber.next_publish(WAIT).await.expect("delivered");
+            assert_eq!(&got.topic[..], "é/x".as_bytes());
+        }
+    }
+    // Retained, and a wildcard subscription that must not see `$` topics.
+    publisher
+        .publish(
+            "ü",
+            QoS::AtLeastOnce,
+            true,
+            b"kept",
+            PublishProperties::default(),
+        )
+        .await;
+    let _ = all
+        .next_publish(WAIT)
+        .await
+        .expect("live copy of the retained one");
+    let (mut late, _) = Client::connect(addr, "utf8-late").await;
+    late.subscribe(filter("+", QoS::AtLeastOnce)).await;
+    let retained = late.next_publish(WAIT).await.expect("the retained message");
+    assert_eq!(&retained.topic[..], "ü".as_bytes());
+    publisher
+        .publish(
+            "$sys-like/x",
+            QoS::AtLeastOnce,
+            false,
+            b"no",
+            PublishProperties::default(),
+        )
+        .await;
+    publisher
+        .publish(
+            "plain/x",
+            QoS::AtLeastOnce,
+            false,
+            b"yes",
+            PublishProperties::default(),
+        )
+        .await;
+    let next = all.next_publish(WAIT).await.expect("routing goes on");
+    assert_eq!(
+        &next.topic[..],
+        b"plain/x",
+        "`#` does not match a `$` topic"
+    );
+}
