@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 128;
+/// Most device connections one process is configured for: the embedded
+/// router sizes its tables from it (twice over, for stored sessions).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// Longest keep-alive a client may ask for, in seconds (MQTT's own maximum).
 pub const DEFAULT_MAX_KEEP_ALIVE: u16 = u16::MAX;
 /// The largest packet MQTT can frame (remaining length 268,435,455 plus header).
@@ -285,8 +288,12 @@ impl Config {
                 format!("'{}' is not an address like 0.0.0.0:1883", self.mqtt.listen),
             );
         }
-        if self.mqtt.max_connections == 0 {
-            problems.push("mqtt.max_connections", "must be at least 1");
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.mqtt.max_connections) {
+            // The router preallocates its tables for this many links.
+            problems.push(
+                "mqtt.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+            );
         }
         if self.mqtt.connect_timeout_ms == 0 {
             problems.push("mqtt.connect_timeout_ms", "must be at least 1");
@@ -508,6 +515,19 @@ mod tests {
                 shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
                 ..Config::default()
             }
+        );
+    }
+
+    #[test]
+    fn a_connection_limit_the_router_cannot_size_is_refused() {
+        let text = "[mqtt]\nmax_connections = 5000000\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected an invalid config");
+        };
+        let text = problems.to_string();
+        assert!(
+            text.contains("mqtt.max_connections: must be between 1 and 1000000"),
+            "{text}"
         );
     }
 

@@ -138,7 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     .emit();
 
     // Stored sessions with subscriptions keep a router link too: as many again.
-    let router = EmbeddedRouter::start(config.mqtt.max_connections * 2)
+    let router = EmbeddedRouter::start(config.mqtt.max_connections.saturating_mul(2))
         .await
         .context("starting the router")?;
     let registry = Registry::default();
