@@ -152,7 +152,7 @@ kafka_topic = "sensors"
     println!("/readyz 503 {took:?} after Kafka stopped");
 
     // librdkafka retries many times a second; the log stays readable.
-    std::thread::sleep(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let during_outage = tributary.log()[before_outage..].to_vec();
     println!("log during the outage:\n{}", during_outage.join("\n"));
     assert!(

@@ -165,15 +165,19 @@ impl Link {
         let mut last_read = Instant::now();
         let mut draining = false;
         loop {
-            if let Err(end) = Box::pin(self.handle_buffered_packets()).await {
-                return end;
+            // Boxed, so an idle connection's task does not carry this state;
+            // only when there is something to do.
+            if self.conn.has_buffered() {
+                if let Err(end) = Box::pin(self.handle_buffered_packets()).await {
+                    return end;
+                }
             }
             // The device first: an acknowledgement never waits for the router
             // to take the message it acknowledges.
             if self.conn.flush().await.is_err() {
                 return Box::pin(self.end_after_write_error()).await;
             }
-            if Box::pin(self.port.flush()).await.is_err() {
+            if self.port.has_pending() && Box::pin(self.port.flush()).await.is_err() {
                 return End::RouterGone;
             }
             if draining && self.inbound.waiting() == 0 {

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use rumqttd::protocol::PublishProperties;
 
 use super::origin::Origin;
-use super::subscriptions::matches_filter;
 
 /// One retained message, as published (topic alias resolved; its properties
 /// carry the origin property, stripped on delivery).
@@ -60,7 +59,7 @@ impl Retained {
         by_topic.retain(|_, m| m.origin.remaining_expiry(expiry_of(m), now) != Some(0));
         by_topic
             .iter()
-            .filter(|(topic, _)| matches_filter(topic, filter))
+            .filter(|(topic, _)| tributary_wire::topic_matches(topic, filter))
             .map(|(_, m)| m.clone())
             .collect()
     }

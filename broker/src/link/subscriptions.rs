@@ -131,7 +131,7 @@ impl Subscriptions {
     ) -> impl Iterator<Item = (&'a str, &'a Options)> + 'a {
         self.by_filter.iter().filter_map(move |(path, options)| {
             let (filter, _) = split_shared(path);
-            matches_filter(topic, filter).then_some((path.as_str(), options))
+            tributary_wire::topic_matches(topic, filter).then_some((path.as_str(), options))
         })
     }
 
@@ -142,12 +142,6 @@ impl Subscriptions {
             .filter(|(_, o)| o.shared)
             .map(|(path, _)| path.as_str())
     }
-}
-
-/// MQTT topic matching, with `$` topics not matched by leading wildcards
-/// [MQTT-4.7.2-1] (see `tributary_wire::topic_matches`).
-pub fn matches_filter(topic: &str, filter: &str) -> bool {
-    tributary_wire::topic_matches(topic, filter)
 }
 
 #[cfg(test)]

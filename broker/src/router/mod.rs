@@ -180,7 +180,7 @@ impl Lane {
 
     /// Hands `packets` to the router, in order, without waiting.
     pub fn send(&self, packets: Vec<Packet>) -> Result<(), RouterGone> {
-        send_batch_inner(&mut self.tx(), packets)
+        send_batch(&mut self.tx(), packets)
     }
 
     /// Waits (at most `timeout`) until the router has taken everything on
@@ -237,7 +237,7 @@ impl RouterLink {
 
     /// Hands `packets` to the router, in order, without waiting.
     pub fn send(&mut self, packets: Vec<Packet>) -> Result<(), RouterGone> {
-        send_batch_inner(&mut self.tx, packets)
+        send_batch(&mut self.tx, packets)
     }
 
     /// Like [`RouterLink::send`], then waits while the router is far behind
@@ -348,7 +348,33 @@ const WAKE_FILTER: &str = "\0tributary-wake";
 /// channel is full does this block, off the async workers, until it has room:
 /// that is the backpressure from an overloaded router.
 fn send_batch(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
-    send_batch_inner(tx, packets)
+    if packets.is_empty() {
+        return Ok(());
+    }
+    // Every packet for the router passes here: its topics are written for it.
+    let packets = packets.into_iter().map(to_router);
+    let router_has_pending = {
+        let mut buffer = tx.buffer();
+        let pending = !buffer.is_empty();
+        buffer.extend(packets);
+        pending
+    };
+    if router_has_pending {
+        // The router has not taken the buffer since the last notification; it
+        // takes these packets with it.
+        return Ok(());
+    }
+    match tx.try_unsubscribe(WAKE_FILTER) {
+        Ok(_) => Ok(()),
+        Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
+            let wake = Unsubscribe {
+                pkid: 0,
+                filters: vec![WAKE_FILTER.to_owned()],
+            };
+            send(tx, Packet::Unsubscribe(wake, None))
+        }
+        Err(_) => Err(RouterGone),
+    }
 }
 
 /// Packets a link may have waiting for the router before it stops and waits:
@@ -364,7 +390,7 @@ const MAX_ROUTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Like [`send_batch`], then waits while the router has more than
 /// [`MAX_ROUTER_BACKLOG`] of this link's packets still to take.
 async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
-    send_batch_inner(tx, packets)?;
+    send_batch(tx, packets)?;
     pace(MAX_ROUTER_BACKLOG, |wake| {
         if wake {
             rewake(tx)?;
@@ -436,36 +462,6 @@ fn to_router(packet: Packet) -> Packet {
             Packet::Unsubscribe(unsubscribe, properties)
         }
         packet => packet,
-    }
-}
-
-fn send_batch_inner(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
-    if packets.is_empty() {
-        return Ok(());
-    }
-    // Every packet for the router passes here: its topics are written for it.
-    let packets = packets.into_iter().map(to_router);
-    let router_has_pending = {
-        let mut buffer = tx.buffer();
-        let pending = !buffer.is_empty();
-        buffer.extend(packets);
-        pending
-    };
-    if router_has_pending {
-        // The router has not taken the buffer since the last notification; it
-        // takes these packets with it.
-        return Ok(());
-    }
-    match tx.try_unsubscribe(WAKE_FILTER) {
-        Ok(_) => Ok(()),
-        Err(LinkError::TrySend(flume::TrySendError::Full(_))) => {
-            let wake = Unsubscribe {
-                pkid: 0,
-                filters: vec![WAKE_FILTER.to_owned()],
-            };
-            send(tx, Packet::Unsubscribe(wake, None))
-        }
-        Err(_) => Err(RouterGone),
     }
 }
 

@@ -54,6 +54,11 @@ impl Port {
         }
     }
 
+    /// Whether anything relayed waits for [`Port::flush`].
+    pub fn has_pending(&self) -> bool {
+        !self.to_lane.is_empty() || !self.to_link.is_empty()
+    }
+
     /// Hands over everything relayed since the last flush, in order, and
     /// waits while the router is far behind.
     pub async fn flush(&mut self) -> Result<(), RouterGone> {
