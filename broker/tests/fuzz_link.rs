@@ -13,7 +13,12 @@
 //! - `FUZZ_SAVE_ALL=1`: save every input there too (to find what a finding
 //!   depends on: sessions and retained messages outlive their inputs);
 //! - `FUZZ_SKIP_KNOWN=1`: skip inputs that would hit a bug already reported
-//!   (see `fuzz_link/known.rs`), to look for new ones.
+//!   (see `fuzz_link/known.rs`), to look for new ones;
+//! - `FUZZ_FRESH_EVERY`: start a new server after this many inputs (default
+//!   100,000). The router keeps every distinct filter and every matched topic
+//!   it has seen, and matches each new one against all the others; a run of
+//!   millions of random filters and topics makes that slow enough to look like
+//!   a hang past a few hundred thousand inputs.
 //!
 //! A panic in the router's thread stops all routing: the run reports it and
 //! goes on with a new server.
@@ -58,6 +63,7 @@ const DEFAULT_SEED: u64 = 0x7e1b_0a2f_f022_2e09;
 const DEFAULT_INPUTS: u64 = 20_000;
 const DEFAULT_SECONDS: u64 = 30;
 const DEFAULT_CONCURRENCY: usize = 8;
+const DEFAULT_FRESH_EVERY: u64 = 100_000;
 /// The route whose Kafka path half the generated topics take.
 const ROUTE_FILTER: &str = "fuzz/#";
 /// Small, so generated packets cross it.
@@ -179,6 +185,7 @@ struct Settings {
     out: PathBuf,
     skip_known: bool,
     save_all: bool,
+    fresh_every: u64,
 }
 
 impl Settings {
@@ -210,6 +217,9 @@ impl Settings {
             ),
             skip_known: std::env::var("FUZZ_SKIP_KNOWN").is_ok_and(|v| v == "1"),
             save_all: std::env::var("FUZZ_SAVE_ALL").is_ok_and(|v| v == "1"),
+            fresh_every: number("FUZZ_FRESH_EVERY")
+                .unwrap_or(DEFAULT_FRESH_EVERY)
+                .max(1),
         }
     }
 }
@@ -233,6 +243,8 @@ struct Report {
     skipped: HashMap<&'static str, u64>,
     /// Servers started again after their router died.
     restarts: u64,
+    /// Servers started again after `fresh_every` inputs.
+    fresh: u64,
     elapsed: Duration,
     findings: Vec<Finding>,
     /// Findings per place, for the summary.
@@ -268,6 +280,12 @@ impl Report {
         if self.restarts > 0 {
             println!("fuzz-link: the router died {} times", self.restarts);
         }
+        if self.fresh > 0 {
+            println!(
+                "fuzz-link: a fresh server every {} inputs ({} started)",
+                settings.fresh_every, self.fresh
+            );
+        }
     }
 }
 
@@ -278,6 +296,7 @@ async fn fuzz(server: &mut Arc<Server>, settings: &Settings) -> Report {
     let mut report = Report::default();
     let mut running = JoinSet::new();
     let mut next = settings.first;
+    let mut fresh_at = next.saturating_add(settings.fresh_every);
     let end = settings.first.saturating_add(settings.inputs);
     let mut last_progress = Instant::now();
     loop {
@@ -313,6 +332,13 @@ async fn fuzz(server: &mut Arc<Server>, settings: &Settings) -> Report {
             }
             eprintln!("fuzz-link: the router died; starting a new server");
             report.restarts += 1;
+            *server = Arc::new(fuzz_server().await);
+        } else if next >= fresh_at && next < end {
+            while let Some(done) = running.join_next().await {
+                record(&mut report, settings, done.expect("the harness's own task"));
+            }
+            fresh_at = next.saturating_add(settings.fresh_every);
+            report.fresh += 1;
             *server = Arc::new(fuzz_server().await);
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {

@@ -212,3 +212,94 @@ async fn a_link_leaving_as_the_router_unschedules_it_keeps_the_router() {
         still_serves(&server, &format!("after-flood-{attempt}")).await;
     }
 }
+
+/// An MQTT 5 CONNECT, clean start, keep-alive 60 s, no properties.
+fn connect_v5(client_id: &str) -> Vec<u8> {
+    let body = [
+        &string(b"MQTT")[..],
+        &[5, 0x02, 0, 60, 0],
+        &string(client_id.as_bytes()),
+    ]
+    .concat();
+    packet(0x10, &body)
+}
+
+/// Reads until the server closes; true when it sent exactly `expected` after
+/// the CONNACK (`20 03 00 00 ..`, skipped).
+async fn disconnected_with(raw: &mut Raw, expected: &[u8]) -> bool {
+    let received = raw.closed_within(WAIT).await;
+    received.windows(expected.len()).any(|w| w == expected)
+}
+
+/// The router drops a link that hands it a PUBLISH carrying a Subscription
+/// Identifier. Publishes travel on links shared by many connections (the
+/// publish lanes), so one device sending one (a protocol error,
+/// [MQTT-3.3.4-6]) cut every connection on its lane off from subscribers,
+/// and a wake-up for the dropped link then killed the router's thread. Found
+/// by the fuzz target as a router panic in `Scheduler::reschedule`.
+#[tokio::test]
+async fn a_publish_carrying_a_subscription_identifier_is_refused_and_every_lane_still_routes() {
+    let server = server().await;
+    let addr = server.mqtt_addr();
+    let mut listening = subscriber(addr, "lane-listener", &["lane/#"]).await;
+
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&connect_v5("sends-a-subscription-id")).await;
+    // PUBLISH QoS 0 to lane/bad, properties: Subscription Identifier 1.
+    let body = [&string(b"lane/bad")[..], &[2, 0x0b, 0x01], b"x"].concat();
+    raw.send(&packet(0x30, &body)).await;
+    assert!(
+        disconnected_with(&mut raw, &[0xe0, 0x01, 0x82]).await,
+        "no DISCONNECT 0x82 for a client's Subscription Identifier"
+    );
+
+    // One connection after another lands on every lane in turn: each one's
+    // publish reaches the subscriber.
+    for i in 0..80u8 {
+        let mut publisher = Raw::connect(addr).await;
+        publisher
+            .send(&connect(&format!("lane-publisher-{i}")))
+            .await;
+        assert!(receives(&mut publisher, &[0x20, 2, 0, 0]).await);
+        publisher.send(&publish(0, "lane/ok", None, &[i])).await;
+        let delivered = publish(0, "lane/ok", None, &[i]);
+        assert!(
+            receives(&mut listening, &delivered).await,
+            "publisher {i}'s message never reached the subscriber: its lane is gone"
+        );
+    }
+    still_serves(&server, "after-subscription-id").await;
+}
+
+/// The router drops a link whose SUBSCRIBE has Subscription Identifier 0
+/// (a protocol error, [MQTT-3.8.2.1.2]); the link must refuse it first.
+#[tokio::test]
+async fn a_subscription_identifier_of_zero_is_a_protocol_error() {
+    let server = server().await;
+    let mut raw = Raw::connect(server.mqtt_addr()).await;
+    raw.send(&connect_v5("subscription-id-zero")).await;
+    // SUBSCRIBE pkid 1, properties: Subscription Identifier 0; filter "a" QoS 0.
+    let body = [&[0, 1, 2, 0x0b, 0x00][..], &string(b"a"), &[0]].concat();
+    raw.send(&packet(0x82, &body)).await;
+    assert!(
+        disconnected_with(&mut raw, &[0xe0, 0x01, 0x82]).await,
+        "no DISCONNECT 0x82 for Subscription Identifier 0"
+    );
+    still_serves(&server, "after-subscription-id-zero").await;
+}
+
+/// A ShareName with a wildcard is not a shared subscription MQTT allows
+/// ([MQTT-4.8.2-2]): the filter is invalid.
+#[tokio::test]
+async fn a_share_name_with_a_wildcard_is_an_invalid_filter() {
+    let server = server().await;
+    let mut raw = Raw::connect(server.mqtt_addr()).await;
+    raw.send(&connect_v5("share-name-wildcard")).await;
+    let body = [&[0, 1, 0][..], &string(b"$share/#/fuzz/a"), &[0]].concat();
+    raw.send(&packet(0x82, &body)).await;
+    assert!(
+        disconnected_with(&mut raw, &[0xe0, 0x01, 0x8f]).await,
+        "no DISCONNECT 0x8F for a ShareName with a wildcard"
+    );
+    still_serves(&server, "after-share-name-wildcard").await;
+}

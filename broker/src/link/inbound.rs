@@ -131,6 +131,17 @@ impl Inbound {
             }
         };
         events::PublishReceived { qos: meta.qos }.emit();
+        if properties
+            .as_ref()
+            .is_some_and(|p| !p.subscription_identifiers.is_empty())
+        {
+            // [MQTT-3.3.4-6]: only the server sends Subscription Identifiers.
+            // (The router would drop the publish lane over it.)
+            return Err(End::Protocol(
+                DisconnectReasonCode::ProtocolError,
+                "subscription_identifier_from_client",
+            ));
+        }
         if let Some(response_topic) = properties.as_ref().and_then(|p| p.response_topic.as_ref()) {
             if !valid_topic_name(response_topic) {
                 // [MQTT-3.3.2-14]: a Response Topic is a topic name.

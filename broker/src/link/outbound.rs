@@ -157,9 +157,15 @@ impl Outbound {
     ) -> Result<(), End> {
         for filter in &subscribe.filters {
             let (path, shared) = split_shared(&filter.path);
-            if tributary_bridge::route::filter_problem(path).is_some()
-                || (shared && filter.path.split('/').nth(1).is_none_or(str::is_empty))
-            {
+            // [MQTT-4.8.2-1]/[MQTT-4.8.2-2]: a ShareName has at least one
+            // character and no wildcard.
+            let bad_share_name = shared
+                && filter
+                    .path
+                    .split('/')
+                    .nth(1)
+                    .is_none_or(|name| name.is_empty() || name.contains(['+', '#']));
+            if tributary_bridge::route::filter_problem(path).is_some() || bad_share_name {
                 tracing::debug!(filter = %filter.path, "invalid topic filter");
                 return Err(End::Protocol(
                     DisconnectReasonCode::TopicFilterInvalid,
@@ -173,6 +179,14 @@ impl Outbound {
                     "no_local_on_shared_subscription",
                 ));
             }
+        }
+        if properties.as_ref().and_then(|p| p.id) == Some(0) {
+            // [MQTT-3.8.2.1.2]: a Subscription Identifier of 0 is a Protocol
+            // Error. (The router would drop its link over it.)
+            return Err(End::Protocol(
+                DisconnectReasonCode::ProtocolError,
+                "subscription_identifier_zero",
+            ));
         }
         let mut due = RetainedDue {
             pkid: subscribe.pkid,

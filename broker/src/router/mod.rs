@@ -122,6 +122,7 @@ impl EmbeddedRouter {
             Ok((tx, rx)) => Ok(RouterLink {
                 tx,
                 rx,
+                dropped: false,
                 id: Some((id, self.ids.clone())),
             }),
             Err(error) => {
@@ -156,6 +157,12 @@ async fn drain(mut rx: LinkRx) {
                 if rx.wake().await.is_err() {
                     return;
                 }
+            }
+            Ok(Some(Notification::Disconnect(..))) => {
+                // The link checks every publish so that this never happens;
+                // a wake-up for a dropped link would kill the router.
+                tracing::error!("the router dropped a publish lane; its publishes are lost");
+                return;
             }
             Ok(_) => {}
             Err(_) => return,
@@ -226,6 +233,8 @@ const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct RouterLink {
     tx: LinkTx,
     rx: LinkRx,
+    /// The router said it dropped this link: it must not be woken again.
+    dropped: bool,
     /// The recycled router id of a device link, returned to the pool once the
     /// router has let the link go.
     id: Option<(u32, Arc<Mutex<IdPool>>)>,
@@ -249,6 +258,10 @@ impl RouterLink {
     /// The next thing the router says to this link.
     pub async fn next(&mut self) -> Result<FromRouter, RouterGone> {
         match self.rx.next().await {
+            Ok(Some(notification @ Notification::Disconnect(..))) => {
+                self.dropped = true;
+                Ok(FromRouter::from(notification))
+            }
             Ok(Some(notification)) => Ok(FromRouter::from(notification)),
             Ok(None) => Ok(FromRouter::Nothing),
             Err(_) => Err(RouterGone),
@@ -259,6 +272,11 @@ impl RouterLink {
     /// [`FromRouter::Unschedule`]; never to be dropped half-way (the link
     /// would stall), so it is awaited outside any `select!`.
     pub async fn wake(&mut self) -> Result<(), RouterGone> {
+        // rumqttd unwraps the scheduler entry of a link it is asked to
+        // wake: for a link it dropped, that kills the router's thread.
+        if self.dropped {
+            return Err(RouterGone);
+        }
         self.rx.wake().await.map_err(|_| RouterGone)
     }
 }
