@@ -14,6 +14,8 @@
 //!   depends on: sessions and retained messages outlive their inputs);
 //! - `FUZZ_SKIP_KNOWN=1`: skip inputs that would hit a bug already reported
 //!   (see `fuzz_link/known.rs`), to look for new ones;
+//! - `FUZZ_LOG`: a tracing filter for the server's log on stderr (e.g.
+//!   `rumqttd=error`, to see what the router said before a finding);
 //! - `FUZZ_FRESH_EVERY`: start a new server after this many inputs (default
 //!   100,000). The router keeps every distinct filter and every matched topic
 //!   it has seen, and matches each new one against all the others; a run of
@@ -77,6 +79,13 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_device_bytes_crash_or_hang_a_connection() {
     panics::install();
+    if let Ok(filter) = std::env::var("FUZZ_LOG") {
+        // e.g. FUZZ_LOG=rumqttd=error: what the router said before a finding.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let settings = Settings::from_env();
     let mut server = Arc::new(fuzz_server().await);
 

@@ -120,7 +120,7 @@ impl EmbeddedRouter {
         };
         match self.open(format!("{RESERVED_CLIENT_PREFIX}-{id}")).await {
             Ok((tx, rx)) => Ok(RouterLink {
-                tx,
+                tx: Some(tx),
                 rx,
                 dropped: false,
                 id: Some((id, self.ids.clone())),
@@ -210,15 +210,11 @@ impl Lane {
     /// this lane.
     pub async fn send_paced(&self, packets: Vec<Packet>) -> Result<(), RouterGone> {
         self.send(packets)?;
-        pace(MAX_LANE_BACKLOG, |wake| {
-            let mut tx = self.tx();
-            if wake {
-                rewake(&mut tx)?;
-            }
-            let backlog = tx.buffer().len();
-            Ok(backlog)
+        pace(MAX_LANE_BACKLOG, MAX_ROUTER_WAIT, || {
+            self.tx().buffer().len()
         })
-        .await
+        .await;
+        Ok(())
     }
 }
 
@@ -226,12 +222,17 @@ fn release(ids: &Mutex<IdPool>, id: u32) {
     ids.lock().unwrap_or_else(|e| e.into_inner()).free.push(id);
 }
 
+/// Longest a leaving link waits for the router to take what it handed over
+/// before; past it the router is taken to be gone.
+const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long after leaving a link's router id is reused.
 const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One link to the router.
 pub struct RouterLink {
-    tx: LinkTx,
+    /// Taken only when the link leaves (see `Drop`).
+    tx: Option<LinkTx>,
     rx: LinkRx,
     /// The router said it dropped this link: it must not be woken again.
     dropped: bool,
@@ -246,13 +247,13 @@ impl RouterLink {
 
     /// Hands `packets` to the router, in order, without waiting.
     pub fn send(&mut self, packets: Vec<Packet>) -> Result<(), RouterGone> {
-        send_batch(&mut self.tx, packets)
+        send_batch(self.tx.as_mut().ok_or(RouterGone)?, packets)
     }
 
     /// Like [`RouterLink::send`], then waits while the router is far behind
     /// on this link.
     pub async fn send_paced(&mut self, packets: Vec<Packet>) -> Result<(), RouterGone> {
-        send_batch_paced(&mut self.tx, packets).await
+        send_batch_paced(self.tx.as_mut().ok_or(RouterGone)?, packets).await
     }
 
     /// The next thing the router says to this link.
@@ -328,26 +329,47 @@ impl From<Notification> for FromRouter {
 
 impl Drop for RouterLink {
     /// Every way a link ends leaves the router, a panicking connection's
-    /// included. The recycled id is reused only after [`LEAVE_TIMEOUT`], long
-    /// after the router has let the old link go, so a new link never meets it
-    /// there.
+    /// included.
+    ///
+    /// The DISCONNECT goes into the link's buffer, which the router takes
+    /// whole when it handles a notification. A notification queued *before*
+    /// this link's last wake-up would take the DISCONNECT with it, the router
+    /// would drop the link, and then meet the wake-up for a link it no longer
+    /// has: rumqttd unwraps it there, and its thread dies. So the DISCONNECT
+    /// is put in only once the buffer is empty: then no notification is
+    /// outstanding (each one is sent when the buffer turns non-empty, and the
+    /// router empties it when it handles it), and the DISCONNECT's own comes
+    /// after every wake-up this link sent. The recycled id is reused only
+    /// after [`LEAVE_TIMEOUT`] past that.
     fn drop(&mut self) {
-        let leave = Packet::Disconnect(
-            Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        );
-        let _ = send_batch(&mut self.tx, vec![leave]);
-        if let Some((id, ids)) = self.id.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    tokio::time::sleep(LEAVE_TIMEOUT).await;
-                    release(&ids, id);
-                });
+        let Some(mut tx) = self.tx.take() else {
+            return;
+        };
+        let id = self.id.take();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            leave(&mut tx);
+            return;
+        };
+        runtime.spawn(async move {
+            pace(0, LEAVE_WAIT, || tx.buffer().len()).await;
+            leave(&mut tx);
+            if let Some((id, ids)) = id {
+                tokio::time::sleep(LEAVE_TIMEOUT).await;
+                release(&ids, id);
             }
-        }
+        });
     }
+}
+
+/// Hands the router the DISCONNECT that ends a link.
+fn leave(tx: &mut LinkTx) {
+    let leave = Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    );
+    let _ = send_batch(tx, vec![leave]);
 }
 
 /// The router no longer accepts this link's packets (it dropped the link).
@@ -399,9 +421,6 @@ fn send_batch(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
 /// the router's backpressure now that handing packets over does not block.
 const MAX_ROUTER_BACKLOG: usize = 128;
 
-/// How long a link's backlog may stand still before the router is woken again.
-const REWAKE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Longest a link waits for the router to take its backlog.
 const MAX_ROUTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -409,55 +428,29 @@ const MAX_ROUTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// [`MAX_ROUTER_BACKLOG`] of this link's packets still to take.
 async fn send_batch_paced(tx: &mut LinkTx, packets: Vec<Packet>) -> Result<(), RouterGone> {
     send_batch(tx, packets)?;
-    pace(MAX_ROUTER_BACKLOG, |wake| {
-        if wake {
-            rewake(tx)?;
-        }
-        Ok(tx.buffer().len())
-    })
-    .await
+    pace(MAX_ROUTER_BACKLOG, MAX_ROUTER_WAIT, || tx.buffer().len()).await;
+    Ok(())
 }
 
-/// Wakes the router for a link again, without blocking.
-fn rewake(tx: &mut LinkTx) -> Result<(), RouterGone> {
-    match tx.try_unsubscribe(WAKE_FILTER) {
-        Ok(_) | Err(LinkError::TrySend(flume::TrySendError::Full(_))) => Ok(()),
-        Err(_) => Err(RouterGone),
-    }
-}
-
-/// Waits while a link's backlog is above `max`. `look(wake)` reads the
-/// backlog, first waking the router again when `wake` is set: only after no
-/// progress for [`REWAKE_AFTER`], as spare wake-ups that outlive the link are
-/// logged by the router as errors.
-async fn pace(
-    max: usize,
-    mut look: impl FnMut(bool) -> Result<usize, RouterGone>,
-) -> Result<(), RouterGone> {
+/// Waits while a link's backlog (`look`) is above `max`, at most
+/// `max_wait`. Never wakes the router again: the notification sent
+/// when the buffer turned non-empty is still outstanding, and a spare one
+/// could outlive the link (see `Drop for RouterLink`).
+async fn pace(max: usize, max_wait: std::time::Duration, mut look: impl FnMut() -> usize) {
     let mut pause = std::time::Duration::from_micros(200);
     let waiting_since = std::time::Instant::now();
-    let mut last_progress = waiting_since;
-    let mut backlog = look(false)?;
+    let mut backlog = look();
     while backlog > max {
-        if waiting_since.elapsed() > MAX_ROUTER_WAIT {
+        if waiting_since.elapsed() > max_wait {
             // The router stopped taking this link's packets (it dropped the
-            // link); the link's own notification channel tells it so.
+            // link, or died); the link's own notification channel tells it so.
             tracing::warn!(backlog, "the router is not taking this link's packets");
-            return Ok(());
+            return;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(10));
-        let stalled = last_progress.elapsed() > REWAKE_AFTER;
-        if stalled {
-            last_progress = std::time::Instant::now();
-        }
-        let now = look(stalled)?;
-        if now < backlog {
-            last_progress = std::time::Instant::now();
-        }
-        backlog = now;
+        backlog = look();
     }
-    Ok(())
 }
 
 /// `packet` with its topic or filters as the router gets them (see `topic`).
