@@ -20,6 +20,12 @@ pub const HEADER_CLIENT_ID: &str = "mqtt.client_id";
 pub const HEADER_QOS: &str = "mqtt.qos";
 /// Header carrying the retain flag as `true` / `false`.
 pub const HEADER_RETAIN: &str = "mqtt.retain";
+/// Header carrying the user name the client authenticated as (absent for an
+/// anonymous client).
+pub const HEADER_USERNAME: &str = "mqtt.username";
+/// Header carrying the identity (subject CN) of the client's verified TLS
+/// certificate (absent without one).
+pub const HEADER_CERT_CN: &str = "mqtt.cert_cn";
 
 /// What the bridge needs to know of one MQTT publish.
 #[derive(Debug, Clone)]
@@ -29,6 +35,10 @@ pub struct MqttPublish {
     pub qos: u8,
     pub retain: bool,
     pub payload: Bytes,
+    /// The user name it authenticated as; `None` when anonymous.
+    pub username: Option<Arc<str>>,
+    /// Its verified client certificate's identity, over mutual TLS.
+    pub cert_cn: Option<Arc<str>>,
 }
 
 /// One record, ready for the producer.
@@ -49,6 +59,10 @@ impl Record {
         let key = match route.key {
             KeySource::Topic => Some(Bytes::copy_from_slice(publish.topic.as_bytes())),
             KeySource::ClientId => Some(Bytes::copy_from_slice(publish.client_id.as_bytes())),
+            KeySource::Username => publish
+                .username
+                .as_ref()
+                .map(|username| Bytes::copy_from_slice(username.as_bytes())),
             KeySource::None => None,
         };
         let qos = [b'0' + publish.qos.min(2)];
@@ -70,6 +84,20 @@ impl Record {
                 key: HEADER_RETAIN,
                 value: Some(retain),
             });
+        let headers = match &publish.username {
+            Some(username) => headers.insert(Header {
+                key: HEADER_USERNAME,
+                value: Some(username.as_bytes()),
+            }),
+            None => headers,
+        };
+        let headers = match &publish.cert_cn {
+            Some(cn) => headers.insert(Header {
+                key: HEADER_CERT_CN,
+                value: Some(cn.as_bytes()),
+            }),
+            None => headers,
+        };
         Record {
             route: route.name.clone(),
             metrics: route.metrics.clone(),
@@ -94,6 +122,8 @@ mod tests {
             qos: 1,
             retain: true,
             payload: Bytes::from_static(b"\x00\xff21.5"),
+            username: None,
+            cert_cn: None,
         }
     }
 

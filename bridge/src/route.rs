@@ -36,7 +36,8 @@ pub struct RouteConfig {
     /// Kafka topic the records are written to.
     pub kafka_topic: String,
     /// What the Kafka record key is: the MQTT `topic`, the publisher's `client_id`,
-    /// or `none` (no key: the producer's partitioner spreads records).
+    /// its authenticated `username` (no key for an anonymous client), or `none`
+    /// (no key: the producer's partitioner spreads records).
     pub key: KeySource,
 }
 
@@ -48,6 +49,9 @@ pub enum KeySource {
     Topic,
     /// The publishing client's id: one device's messages stay in order.
     ClientId,
+    /// The user name the client authenticated as: one user's messages stay
+    /// in order (none for an anonymous client).
+    Username,
     /// No key.
     None,
 }
@@ -59,6 +63,7 @@ impl<'de> Deserialize<'de> for KeySource {
             &[
                 ("topic", KeySource::Topic),
                 ("client_id", KeySource::ClientId),
+                ("username", KeySource::Username),
                 ("none", KeySource::None),
             ],
         )

@@ -50,6 +50,8 @@ async fn ten_thousand_records_come_back_intact_and_in_order_per_key() {
             qos: (seq % 3) as u8,
             retain: seq.is_multiple_of(2),
             payload: Bytes::from(format!("{device}:{seq}")),
+            username: None,
+            cert_cn: None,
         };
         let routes = table.matches(&publish.topic);
         assert_eq!(routes.len(), 1);
@@ -131,6 +133,8 @@ async fn an_oversized_record_is_reported_as_a_typed_error_not_a_success() {
         qos: 1,
         retain: false,
         payload: Bytes::from(vec![7u8; 10_000]),
+        username: None,
+        cert_cn: None,
     };
     let result = producer.send(Record::build(&route, &publish)).await;
     let err = result.expect_err("a 10 kB record over a 2 kB limit is not delivered");
@@ -154,6 +158,8 @@ async fn an_unreachable_kafka_times_out_instead_of_succeeding() {
         qos: 1,
         retain: false,
         payload: Bytes::from_static(b"x"),
+        username: None,
+        cert_cn: None,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(20),

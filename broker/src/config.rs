@@ -16,6 +16,9 @@ use thiserror::Error;
 use tributary_bridge::problems::deserialize_one_of;
 use tributary_bridge::{route::validate_routes, KafkaConfig, Problems, RouteConfig};
 
+use crate::auth::AuthConfig;
+use crate::listener::config::{validate_listeners, ListenerConfig};
+
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "conf/tributary.toml";
 /// Prefix of environment overrides: `TRIBUTARY__KAFKA__BOOTSTRAP_SERVERS=…`.
@@ -46,6 +49,8 @@ pub const NO_ROUTES_WARNING: &str =
 /// Top-level section names, for the unknown-section check.
 const SECTIONS: &[&str] = &[
     "mqtt",
+    "listeners",
+    "auth",
     "http",
     "log",
     "kafka",
@@ -57,6 +62,9 @@ const SECTIONS: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub mqtt: MqttConfig,
+    /// `[[listeners]]`; empty means one plain listener on `mqtt.listen`.
+    pub listeners: Vec<ListenerConfig>,
+    pub auth: AuthConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
     pub kafka: KafkaConfig,
@@ -69,7 +77,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Address the plain-TCP MQTT listener binds (MQTT 3.1.1 and 5 on one port).
+    /// Address the plain-TCP MQTT listener binds (MQTT 3.1.1 and 5 on one
+    /// port) when no `[[listeners]]` are configured; with them, they say
+    /// where to listen and this is not used.
     pub listen: String,
     /// Most device connections served at once; further connections are refused
     /// at accept and counted.
@@ -257,6 +267,8 @@ impl Config {
         let mut unreadable = Vec::new();
         let mut config = Config {
             mqtt: section(layered, "mqtt", &mut problems),
+            listeners: entries(layered, "listeners", &mut problems),
+            auth: section(layered, "auth", &mut problems),
             http: section(layered, "http", &mut problems),
             log: section(layered, "log", &mut problems),
             kafka: section(layered, "kafka", &mut problems),
@@ -271,6 +283,12 @@ impl Config {
         // A route field that could not be read stands in as its default; its type
         // problem is already recorded, so "missing or empty" would only repeat it.
         let mut semantic = Problems::new();
+        if !config.listeners.is_empty() && layered.get::<Value>("mqtt.listen").is_ok() {
+            semantic.push(
+                "mqtt.listen",
+                "not used when [[listeners]] are configured: add a listener with transport = \"tcp\" instead",
+            );
+        }
         config.validate(&mut semantic);
         semantic.retain(|problem| !unreadable.iter().any(|path| problem.is_under(path)));
         problems.append(semantic);
@@ -282,7 +300,17 @@ impl Config {
 
     /// Records every semantic problem (types are already right).
     pub fn validate(&self, problems: &mut Problems) {
-        if self.mqtt.listen.parse::<SocketAddr>().is_err() {
+        validate_listeners(&self.listeners, problems);
+        self.auth.validate(problems);
+        // A certificate that does not load is found now, not at start.
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(files) = crate::listener::tls::TlsFiles::of(listener) {
+                if let Err(error) = files.load() {
+                    problems.push(format!("listeners[{i}]"), error.to_string());
+                }
+            }
+        }
+        if self.listeners.is_empty() && self.mqtt.listen.parse::<SocketAddr>().is_err() {
             problems.push(
                 "mqtt.listen",
                 format!("'{}' is not an address like 0.0.0.0:1883", self.mqtt.listen),
@@ -319,8 +347,17 @@ impl Config {
                 format!("'{}' is not an address like 0.0.0.0:9464", self.http.listen),
             ),
             // Port 0 asks the OS for a free port each time, so it may repeat.
-            Ok(http) if http.port() != 0 && self.http.listen == self.mqtt.listen => {
-                problems.push("http.listen", "must differ from mqtt.listen")
+            Ok(http)
+                if http.port() != 0
+                    && self
+                        .effective_listeners()
+                        .iter()
+                        .any(|listener| listener.listen == self.http.listen) =>
+            {
+                problems.push(
+                    "http.listen",
+                    "must differ from every MQTT listener's address",
+                )
             }
             Ok(_) => {}
         }
@@ -344,13 +381,18 @@ impl Config {
         }
     }
 
-    /// The MQTT listener's address (checked by `validate`; a config built in
-    /// code may skip that, so it is an error here, never a panic).
-    pub fn mqtt_addr(&self) -> anyhow::Result<SocketAddr> {
-        parse_addr("mqtt.listen", &self.mqtt.listen)
+    /// The listeners to start: `[[listeners]]`, or the plain one on
+    /// `mqtt.listen` when there are none.
+    pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
+        if self.listeners.is_empty() {
+            vec![ListenerConfig::plain(&self.mqtt.listen)]
+        } else {
+            self.listeners.clone()
+        }
     }
 
-    /// The HTTP listener's address (see [`Config::mqtt_addr`]).
+    /// The HTTP listener's address (checked by `validate`; a config built
+    /// in code may skip that, so it is an error here, never a panic).
     pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
         parse_addr("http.listen", &self.http.listen)
     }
@@ -396,6 +438,27 @@ fn strip_key_suffix(message: &str) -> String {
     match message.rfind(" for key `") {
         Some(at) => message[..at].to_owned(),
         None => message.to_owned(),
+    }
+}
+
+/// Deserialises an array of tables (`[[key]]`) entry by entry, so each
+/// problem names its entry's index; an entry with a problem is left out.
+fn entries<T: DeserializeOwned>(
+    layered: &config::Config,
+    key: &str,
+    problems: &mut Problems,
+) -> Vec<T> {
+    match layered.get::<Vec<Value>>(key) {
+        Ok(entries) => entries
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, entry)| deserialize(entry, &format!("{key}[{i}]"), problems))
+            .collect(),
+        Err(config::ConfigError::NotFound(_)) => Vec::new(),
+        Err(err) => {
+            problems.push(key, strip_key_suffix(&err.to_string()));
+            Vec::new()
+        }
     }
 }
 

@@ -15,12 +15,13 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "tributary_connections_refused_total
 /// A listener is bound and serving.
 pub struct ListenerStarted<'a> {
     pub protocol: &'a str,
+    pub name: &'a str,
     pub addr: SocketAddr,
 }
 
 impl ListenerStarted<'_> {
     pub fn emit(self) {
-        tracing::info!(protocol = self.protocol, addr = %self.addr, "listening");
+        tracing::info!(listener = self.name, protocol = self.protocol, addr = %self.addr, "listening");
     }
 }
 
@@ -79,6 +80,132 @@ impl ConnectionRefused {
     pub fn emit(self) {
         tracing::warn!(peer = %self.peer, reason = self.reason, "connection refused");
         metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => self.reason).increment(1);
+    }
+}
+
+/// Connections whose TLS or WebSocket handshake failed, by `listener` and
+/// `reason`.
+pub const HANDSHAKES_FAILED_TOTAL: &str = "tributary_handshakes_failed_total";
+/// Reloads of a TLS listener's certificate files, by `listener` and `outcome`
+/// (`replaced`, `refused`).
+pub const TLS_RELOADS_TOTAL: &str = "tributary_tls_reloads_total";
+
+/// A connection's TLS or WebSocket handshake failed or timed out. Scanners
+/// and health probes do this all day: debug level, counted.
+pub struct HandshakeFailed<'a> {
+    pub peer: SocketAddr,
+    pub listener: &'a str,
+    pub reason: &'static str,
+}
+
+impl HandshakeFailed<'_> {
+    pub fn emit(self) {
+        tracing::debug!(peer = %self.peer, listener = self.listener, reason = self.reason, "handshake failed");
+        metrics::counter!(
+            HANDSHAKES_FAILED_TOTAL,
+            "listener" => self.listener.to_owned(),
+            "reason" => self.reason
+        )
+        .increment(1);
+    }
+}
+
+/// A TLS listener's files changed (or SIGHUP): loaded, or refused with the
+/// old configuration serving on. The error names files, never key material.
+pub struct TlsReloaded<'a> {
+    pub listener: &'a str,
+    pub error: Option<&'a crate::listener::tls::TlsError>,
+}
+
+impl TlsReloaded<'_> {
+    pub fn emit(self) {
+        let outcome = match self.error {
+            None => {
+                tracing::info!(listener = self.listener, "TLS certificate reloaded");
+                "replaced"
+            }
+            Some(error) => {
+                tracing::error!(
+                    listener = self.listener,
+                    %error,
+                    "TLS certificate not reloaded; the previous one serves on"
+                );
+                "refused"
+            }
+        };
+        metrics::counter!(
+            TLS_RELOADS_TOTAL,
+            "listener" => self.listener.to_owned(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
+}
+
+/// Reloads of the password file and the ACL, by `file` (`password file`,
+/// `ACL`) and `outcome` (`replaced`, `refused`).
+pub const AUTH_RELOADS_TOTAL: &str = "tributary_auth_reloads_total";
+/// PUBLISHes (and wills) the ACL refused, by `qos`: nothing of them reached
+/// Kafka or a subscriber.
+pub const PUBLISHES_DENIED_TOTAL: &str = "tributary_mqtt_publishes_denied_total";
+/// Topic filters of SUBSCRIBEs the ACL refused.
+pub const SUBSCRIPTIONS_DENIED_TOTAL: &str = "tributary_mqtt_subscriptions_denied_total";
+/// Messages not delivered to a subscriber whose ACL does not let it read
+/// their topic.
+pub const DELIVERIES_DENIED_TOTAL: &str = "tributary_mqtt_deliveries_denied_total";
+
+/// The password file or the ACL changed (or SIGHUP): loaded, or refused and
+/// the previous version enforced on. The error names lines, never secrets.
+pub struct AuthFileReloaded<'a> {
+    pub what: &'static str,
+    pub error: Option<&'a str>,
+}
+
+impl AuthFileReloaded<'_> {
+    pub fn emit(self) {
+        let outcome = match self.error {
+            None => {
+                tracing::info!(file = self.what, "reloaded");
+                "replaced"
+            }
+            Some(error) => {
+                tracing::error!(file = self.what, %error, "not reloaded; the previous version is enforced");
+                "refused"
+            }
+        };
+        metrics::counter!(AUTH_RELOADS_TOTAL, "file" => self.what, "outcome" => outcome)
+            .increment(1);
+    }
+}
+
+/// A PUBLISH (or a will) the ACL does not allow.
+pub struct PublishDenied {
+    pub qos: u8,
+}
+
+impl PublishDenied {
+    pub fn emit(self) {
+        tracing::debug!(qos = self.qos, "publish denied by the ACL");
+        metrics::counter!(PUBLISHES_DENIED_TOTAL, "qos" => qos_label(self.qos)).increment(1);
+    }
+}
+
+/// A SUBSCRIBE filter the ACL does not allow.
+pub struct SubscriptionDenied;
+
+impl SubscriptionDenied {
+    pub fn emit(self) {
+        tracing::debug!("subscription denied by the ACL");
+        metrics::counter!(SUBSCRIPTIONS_DENIED_TOTAL).increment(1);
+    }
+}
+
+/// A message not delivered: the subscriber may not read its topic.
+pub struct DeliveryDenied;
+
+impl DeliveryDenied {
+    pub fn emit(self) {
+        metrics::counter!(DELIVERIES_DENIED_TOTAL).increment(1);
     }
 }
 

@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tributary_bridge::{spawn_metadata_probe, Producer, RouteTable};
 
+pub mod auth;
 pub mod config;
 pub mod events;
 pub mod http;
 pub mod link;
 pub mod listener;
+pub mod reload;
 pub mod router;
 pub mod telemetry;
 
@@ -33,9 +35,17 @@ use link::will::Wills;
 use link::LinkContext;
 use router::EmbeddedRouter;
 
+/// Where one listener is bound.
+#[derive(Debug, Clone)]
+pub struct ListenerAddr {
+    pub name: String,
+    pub transport: listener::config::TransportKind,
+    pub addr: SocketAddr,
+}
+
 /// A running Tributary.
 pub struct Server {
-    mqtt_addr: SocketAddr,
+    listeners: Vec<ListenerAddr>,
     http_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -45,9 +55,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Where devices connect (the bound address, also when port 0 was asked for).
+    /// Where devices connect over plain MQTT: the first `tcp` listener's bound
+    /// address (also when port 0 was asked for), else the first listener's.
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt_addr
+        self.listeners
+            .iter()
+            .find(|l| l.transport == listener::config::TransportKind::Tcp)
+            .or(self.listeners.first())
+            .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |l| l.addr)
+    }
+
+    /// Every listener's bound address, in configuration order.
+    pub fn listeners(&self) -> &[ListenerAddr] {
+        &self.listeners
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.addr)
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -63,7 +91,15 @@ impl Server {
         stream: impl link::Transport,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Result<(), listener::Panicked>> {
-        listener::contain_panic(peer, link::serve(stream, peer, self.links.clone()))
+        let arrival = listener::Arrival {
+            peer,
+            listener: listener::ListenerAuth::in_process(),
+            cert: None,
+        };
+        listener::contain_panic(
+            peer,
+            link::serve(Box::new(stream), arrival, self.links.clone()),
+        )
     }
 
     /// Stops accepting, waits for connections and deliveries up to the shutdown
@@ -111,16 +147,27 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         probe.abort();
     });
 
-    let mqtt = TcpListener::bind(config.mqtt_addr()?)
-        .await
-        .with_context(|| format!("binding the MQTT listener on {}", config.mqtt.listen))?;
-    let mqtt_addr = mqtt.local_addr()?;
+    let mut bound = Vec::new();
+    for listener_config in config.effective_listeners() {
+        let listener = listener::Listener::new(&listener_config, config.mqtt.max_packet_size)?;
+        let addr: SocketAddr = listener_config.listen.parse().with_context(|| {
+            format!(
+                "listener {}: '{}' is not an address",
+                listener.name, listener_config.listen
+            )
+        })?;
+        let socket = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding listener {} on {addr}", listener.name))?;
+        bound.push((Arc::new(listener), socket));
+    }
     let http = TcpListener::bind(config.http_addr()?)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", config.http.listen))?;
     let http_addr = http.local_addr()?;
 
     let mqtt_listening = Arc::new(AtomicBool::new(true));
+    let mut reloadable: Vec<Arc<dyn reload::Reload>> = Vec::new();
     let readiness = http::Readiness {
         mqtt_listening: mqtt_listening.clone(),
         kafka: producer.health().clone(),
@@ -133,6 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     });
     events::ListenerStarted {
         protocol: "http",
+        name: "http",
         addr: http_addr,
     }
     .emit();
@@ -149,6 +197,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         registry.clone(),
         retained.clone(),
     );
+    let auth = Arc::new(auth::Authenticator::new(&config.auth)?);
+    reloadable.push(auth.clone() as Arc<dyn reload::Reload>);
     let context = Arc::new(LinkContext {
         config: config.link_config(),
         router,
@@ -161,37 +211,56 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         qos0_budget: Arc::new(tokio::sync::Semaphore::new(link::QOS0_BUDGET)),
         retained,
         shares: Arc::default(),
+        auth,
     });
 
-    let links = context.clone();
-    let accept_shutdown = shutdown.clone();
-    let accept_tasks = tasks.clone();
-    let max_connections = config.mqtt.max_connections;
-    tokio::spawn(async move {
-        listener::accept_loop(
-            mqtt,
-            max_connections,
-            accept_tasks,
-            accept_shutdown,
-            move |stream, peer| link::serve(stream, peer, context.clone()),
-        )
-        .await;
-        mqtt_listening.store(false, Ordering::Release);
-    });
-    events::ListenerStarted {
-        protocol: "mqtt",
-        addr: mqtt_addr,
+    // One connection limit across every listener.
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.mqtt.max_connections));
+    let mut listeners = Vec::new();
+    for (listener, socket) in bound {
+        let addr = socket.local_addr()?;
+        listeners.push(ListenerAddr {
+            name: listener.name.to_string(),
+            transport: listener.transport,
+            addr,
+        });
+        let context = context.clone();
+        let serving = listener.clone();
+        let accept_shutdown = shutdown.clone();
+        let accept_tasks = tasks.clone();
+        let slots = slots.clone();
+        let mqtt_listening = mqtt_listening.clone();
+        tokio::spawn(async move {
+            listener::accept_loop(
+                socket,
+                slots,
+                accept_tasks,
+                accept_shutdown,
+                move |stream, peer| serving.clone().serve(stream, peer, context.clone()),
+            )
+            .await;
+            mqtt_listening.store(false, Ordering::Release);
+        });
+        events::ListenerStarted {
+            protocol: listener.transport.label(),
+            name: &listener.name,
+            addr,
+        }
+        .emit();
+        if let Some(tls) = listener.tls() {
+            reloadable.push(tls.clone() as Arc<dyn reload::Reload>);
+        }
     }
-    .emit();
+    reload::spawn(reloadable, shutdown.clone());
 
     Ok(Server {
-        mqtt_addr,
+        listeners,
         http_addr,
         shutdown,
         tasks,
         producer,
         config,
-        links,
+        links: context,
     })
 }
 

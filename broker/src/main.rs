@@ -26,10 +26,31 @@ struct Args {
     /// Validate the configuration, report every problem, and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add or change a user in a password file (Mosquitto's format, the
+    /// `$7$` PBKDF2-SHA512 form), or delete one. The password is asked for
+    /// twice on a terminal, or read as one line from standard input.
+    Passwd {
+        /// Remove the user instead.
+        #[arg(long, short = 'D')]
+        delete: bool,
+        /// The password file; created (mode 0600) if missing.
+        file: PathBuf,
+        /// The user name.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Passwd { delete, file, user }) = args.command {
+        return passwd(&file, &user, delete);
+    }
     let source = ConfigSource::resolve(args.config.as_deref());
     let config = match Config::load(&source) {
         Ok(config) => config,
@@ -102,4 +123,60 @@ fn environment_overrides() -> String {
     }
     names.sort();
     format!(" with environment overrides {}", names.join(", "))
+}
+
+/// `tributary passwd`: never echoes, logs or prints the password.
+fn passwd(file: &std::path::Path, user: &str, delete: bool) -> ExitCode {
+    use tributary::auth::password;
+    if delete {
+        return match password::delete_from_file(file, user) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("{}: no user {user:?}", file.display());
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", file.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let secret = match read_new_password() {
+        Ok(secret) => secret,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match password::update_file(file, user, secret.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}: {error}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Twice from the terminal, or one line from standard input when it is not
+/// one (scripts, `echo secret | tributary passwd FILE USER`).
+fn read_new_password() -> Result<String, String> {
+    use std::io::IsTerminal as _;
+    let secret = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Reenter password: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords do not match".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if secret.is_empty() {
+        return Err("an empty password is not allowed".into());
+    }
+    Ok(secret)
 }

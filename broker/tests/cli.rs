@@ -160,7 +160,7 @@ kafka_topic = "b c"
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let expected = [
         "routes[0].mqtt_filters: invalid type: string \"a/#\", expected a sequence",
-        "routes[0].key: unknown value `bogus`, expected one of `topic`, `client_id`, `none`",
+        "routes[0].key: unknown value `bogus`, expected one of `topic`, `client_id`, `username`, `none`",
         "routes[0].colour: unknown field `colour`",
         "routes[0].name: ' ' is not allowed",
         "routes[1].mqtt_filters[0]: '#' must be the last level",
@@ -291,4 +291,65 @@ fn the_log_is_coloured_on_a_terminal() {
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("listening"), "{log}");
     assert!(log.contains("\x1b["), "no colour on a terminal:\n{log}");
+}
+
+#[test]
+fn check_config_names_security_problems_and_never_prints_a_secret() {
+    const SECRET: &str = "short-secret-XYZZY";
+    const HASH: &str = "$7$101$c2FsdHNhbHRzYWx0$notbase64!!";
+    let config = TempConfig::new(
+        "security",
+        &format!(
+            r##"
+[[listeners]]
+transport = "tls"
+listen = "127.0.0.1:8883"
+cert_file = "/nonexistent/server.pem"
+key_file = "/nonexistent/server.key"
+require_client_cert = true
+
+[[listeners]]
+transport = "tcp"
+listen = "127.0.0.1:1883"
+ws_path = "/mqtt2"
+
+[auth]
+password_file = "PASSWORDS"
+
+[auth.jwt]
+algorithm = "HS256"
+secret = "{SECRET}"
+"##
+        ),
+    );
+    let passwords = config.dir.join("passwords");
+    std::fs::write(&passwords, format!("alice:{HASH}\n")).unwrap();
+    let text = std::fs::read_to_string(&config.path)
+        .unwrap()
+        .replace("PASSWORDS", passwords.to_str().unwrap());
+    std::fs::write(&config.path, text).unwrap();
+
+    let output = config.check();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "listeners[0].require_client_cert: needs client_ca_file",
+        "listeners[0]: cannot read /nonexistent/server.pem",
+        "listeners[1].ws_path: only for transport `ws` or `wss`",
+        "auth.password_file:",
+        "auth.jwt.secret",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing from:\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains(SECRET),
+        "the JWT secret was printed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("notbase64"),
+        "the password hash was printed:\n{stderr}"
+    );
 }

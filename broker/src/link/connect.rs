@@ -6,13 +6,12 @@
 //!
 //! It never lets the router see a client id it would drop silently.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttd::protocol::{ConnAck, ConnectProperties, ConnectReturnCode, Packet};
+use rumqttd::protocol::{ConnAck, ConnectProperties, ConnectReturnCode, Login, Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::connection::{self, Connection, Transport};
@@ -23,10 +22,12 @@ use super::session::Session;
 use super::session_store::{Expiry, Parked};
 use super::will::PendingWill;
 use super::{Link, LinkContext, DEFAULT_CLIENT_WINDOW};
+use crate::auth::{Access, Credentials, Refusal};
 use crate::events;
 use crate::link::codec::{next_frame, Version, CONNECT};
 use crate::link::will::Will;
 use crate::link::{valid_topic_name, LinkConfig};
+use crate::listener::Arrival;
 use crate::router::{Port, RESERVED_CLIENT_PREFIX};
 
 /// What a valid CONNECT asked for.
@@ -39,6 +40,8 @@ pub struct Connect {
     pub keep_alive: u16,
     pub will: Option<Will>,
     pub properties: Option<ConnectProperties>,
+    /// User name and password, if it sent any.
+    pub login: Option<Login>,
 }
 
 /// Why a connection ended during the handshake.
@@ -158,7 +161,7 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
     }
 
     let mut bytes = frame.bytes;
-    let Ok(Packet::Connect(connect, properties, will, will_properties, _login)) =
+    let Ok(Packet::Connect(connect, properties, will, will_properties, login)) =
         version.decode(&mut bytes)
     else {
         return Err(Refused::Closed {
@@ -227,6 +230,7 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
         keep_alive: connect.keep_alive,
         will,
         properties,
+        login,
     })
 }
 
@@ -245,17 +249,19 @@ fn assign_client_id() -> String {
 /// refused (and told so where MQTT has a way).
 pub(super) async fn open(
     mut stream: Box<dyn Transport>,
-    peer: SocketAddr,
+    arrival: Arrival,
     ctx: Arc<LinkContext>,
 ) -> Option<(Link, Registration)> {
+    let peer = arrival.peer;
     let mut rbuf = BytesMut::with_capacity(connection::INITIAL_READ_BUFFER);
     let connect = match read_connect(&mut stream, &mut rbuf, &ctx.config).await {
         Ok(connect) => connect,
         Err(refused) => {
             if let Some((version, connack)) = refused.connack() {
                 let mut out = BytesMut::new();
-                if version.encode(connack, &mut out).is_ok() {
-                    let _ = stream.write_all(&out).await;
+                if version.encode(connack, &mut out).is_ok() && stream.write_all(&out).await.is_ok()
+                {
+                    let _ = stream.flush().await;
                 }
             }
             events::ConnectRefused {
@@ -266,6 +272,66 @@ pub(super) async fn open(
             return None;
         }
     };
+
+    // Who it is, before any session is touched.
+    let login = connect.login.as_ref();
+    let credentials = Credentials {
+        username: login.map(|l| l.username.as_str()),
+        password: login.map(|l| l.password.as_bytes()),
+    };
+    let identity = match ctx.auth.authenticate(
+        &arrival.listener,
+        arrival.cert.as_ref(),
+        &connect.client_id,
+        credentials,
+    ) {
+        Ok(identity) => {
+            ctx.auth.succeeded(peer.ip());
+            Arc::new(identity)
+        }
+        Err(refusal) => {
+            // Each failure from this address waits longer: a brute force
+            // costs time.
+            tokio::time::sleep(ctx.auth.failure_delay(peer.ip())).await;
+            let code = match refusal {
+                Refusal::BadCredentials(_) => ConnectReturnCode::BadUserNamePassword,
+                Refusal::NotAuthorized(_) => ConnectReturnCode::NotAuthorized,
+            };
+            let connack = Packet::ConnAck(
+                ConnAck {
+                    session_present: false,
+                    code,
+                },
+                None,
+            );
+            let mut out = BytesMut::new();
+            if connect.version.encode(connack, &mut out).is_ok()
+                && stream.write_all(&out).await.is_ok()
+            {
+                let _ = stream.flush().await;
+            }
+            events::ConnectRefused {
+                peer,
+                reason: refusal.label(),
+            }
+            .emit();
+            return None;
+        }
+    };
+    let mut connect = connect;
+    if let Some(will) = &mut connect.will {
+        will.username = identity.username.clone();
+        will.cert_cn = identity.cert_cn.clone();
+    }
+    if let Some(will) = &connect.will {
+        let allowed = std::str::from_utf8(&will.topic)
+            .is_ok_and(|topic| identity.allows(&connect.client_id, Access::Write, topic));
+        if !allowed {
+            // A will the client may not publish is never published.
+            events::PublishDenied { qos: will.qos }.emit();
+            connect.will = None;
+        }
+    }
 
     let registration = ctx.registry.register(connect.client_id.clone()).await;
     if registration.took_over {
@@ -290,13 +356,13 @@ pub(super) async fn open(
         Some(Parked { router, .. }) => {
             drop(router);
             (
-                Session::new(connect.client_id.clone(), connect.version),
+                Session::new(connect.client_id.clone(), connect.version, identity.clone()),
                 None,
                 false,
             )
         }
         None => (
-            Session::new(connect.client_id.clone(), connect.version),
+            Session::new(connect.client_id.clone(), connect.version, identity.clone()),
             None,
             false,
         ),
@@ -304,6 +370,8 @@ pub(super) async fn open(
     let router_resumed = router.is_some();
     let properties = connect.properties.as_ref();
     let mut session = session;
+    // A resumed session reads with the identity it reconnected as.
+    session.identity = identity.clone();
     session.client_max_packet_size = properties
         .and_then(|p| p.max_packet_size)
         .map_or(usize::MAX, |size| size as usize);
@@ -315,8 +383,18 @@ pub(super) async fn open(
     };
     let awaiting_pubrel = std::mem::take(&mut session.awaiting_pubrel);
     let port = Port::new(ctx.router.clone(), registration.generation(), router);
+    let expires = identity.expires_at.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        std::time::Instant::now()
+            .checked_add(left)
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400))
+    });
     let mut link = Link {
         client_id: connect.client_id.clone(),
+        identity,
+        expires,
         // [MQTT-3.1.2-24]: one and a half times the interval.
         keep_alive: match ctx.config.keep_alive(connect.keep_alive) {
             0 => None,

@@ -171,6 +171,8 @@ impl Connection {
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            // A no-op on TCP; TLS and WebSocket send what they hold.
+            self.stream.flush().await?;
             self.wbuf.clear();
             if self.wbuf.capacity() > KEPT_BUFFER {
                 self.wbuf = BytesMut::new();

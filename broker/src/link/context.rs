@@ -57,4 +57,6 @@ pub struct LinkContext {
     pub qos0_budget: Arc<Semaphore>,
     pub retained: Arc<retained::Retained>,
     pub shares: Arc<shares::Shares>,
+    /// Authentication at CONNECT, and the ACL behind each identity.
+    pub auth: Arc<crate::auth::Authenticator>,
 }

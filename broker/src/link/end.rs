@@ -22,6 +22,9 @@ pub enum End {
     RouterGone,
     /// Tributary is shutting down.
     Shutdown,
+    /// The token the client authenticated with expired (MQTT 5: DISCONNECT
+    /// 0xA0, Maximum connect time).
+    TokenExpired,
 }
 
 impl End {
@@ -38,6 +41,7 @@ impl End {
             End::KafkaRefused => "kafka_refused",
             End::RouterGone => "router_gone",
             End::Shutdown => "shutdown",
+            End::TokenExpired => "token_expired",
         }
     }
 
@@ -49,6 +53,7 @@ impl End {
             End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             End::KafkaRefused => Some(DisconnectReasonCode::UnspecifiedError),
+            End::TokenExpired => Some(DisconnectReasonCode::MaximumConnectTime),
             End::Disconnect(_) | End::ConnectionLost | End::RouterGone => None,
         }
     }
@@ -67,6 +72,7 @@ impl End {
             | End::KeepAliveTimeout
             | End::Protocol(..)
             | End::TakenOver
+            | End::TokenExpired
             | End::RouterGone => true,
             // The device is healthy in both cases; it reconnects and re-sends.
             End::KafkaRefused | End::Shutdown => false,

@@ -26,6 +26,7 @@ use super::gate::{AllDelivered, Gate, Released};
 use super::origin::Origin;
 use super::retained::RetainedMessage;
 use super::{valid_topic_name, End, LinkContext, TOPIC_ALIAS_MAX};
+use crate::auth::{Access, Identity};
 use crate::events;
 
 /// A QoS 0 record awaiting Kafka's report, holding its share of the budget.
@@ -57,6 +58,8 @@ pub enum Ticket {
     },
     /// A re-sent QoS 2 publish still awaiting PUBREL: PUBREC again, nothing else.
     Repeat { pkid: u16 },
+    /// A publish the ACL refused: answered in its turn, nothing else.
+    Denied { pkid: u16, qos: u8 },
 }
 
 /// A publish on its way to the router once Kafka has it.
@@ -110,10 +113,12 @@ impl Inbound {
     }
 
     /// Handles one PUBLISH; what the router gets at once (QoS 0) is returned.
+    #[allow(clippy::too_many_arguments)]
     pub async fn handle_publish(
         &mut self,
         ctx: &LinkContext,
         client_id: &Arc<str>,
+        identity: &Identity,
         version: Version,
         meta: codec::PublishMeta,
         mut publish: Publish,
@@ -181,12 +186,38 @@ impl Inbound {
             return Ok(None);
         }
 
+        if !identity.allows(client_id, Access::Write, &topic) {
+            // Neither Kafka nor any subscriber gets it. MQTT 5 says so with
+            // 0x87; MQTT 3.1.1 has no refusal, so it is acknowledged and
+            // dropped, as Mosquitto does. Answered in its turn [MQTT-4.6].
+            events::PublishDenied { qos: meta.qos }.emit();
+            if meta.qos == 0 {
+                return Ok(None);
+            }
+            if meta.qos == 2 {
+                self.qos2_in_gate.insert(meta.pkid);
+            } else {
+                self.qos1_in_gate += 1;
+            }
+            self.gate.push(
+                Ticket::Denied {
+                    pkid: meta.pkid,
+                    qos: meta.qos,
+                },
+                received,
+                AllDelivered::new(Ok(Vec::new())),
+            );
+            return Ok(None);
+        }
+
         let message = MqttPublish {
             topic,
             client_id: client_id.clone(),
             qos: meta.qos,
             retain: meta.retain,
             payload: publish.payload.clone(),
+            username: identity.username.clone(),
+            cert_cn: identity.cert_cn.clone(),
         };
         let deliveries = produce(ctx, &message).await;
         // What the router forgets travels with the message (see `origin`).
@@ -291,6 +322,19 @@ impl Inbound {
         } = released;
         let (pkid, qos, routed) = match ticket {
             Ticket::Publish { pkid, qos, message } => (pkid, qos, Some(message)),
+            Ticket::Denied { pkid, qos } => {
+                self.leave_gate(pkid, qos);
+                match version {
+                    Version::V5 => write_ack(conn, qos, pkid, AckReason::NotAuthorized),
+                    Version::V4 => {
+                        if qos == 2 {
+                            self.awaiting_pubrel.insert(pkid);
+                        }
+                        write_ack(conn, qos, pkid, AckReason::Success);
+                    }
+                }
+                return Ok(None);
+            }
             Ticket::Repeat { pkid } => {
                 // Its first copy was released just before: it answers the same.
                 let reason = if self.awaiting_pubrel.contains(&pkid) {
@@ -304,18 +348,13 @@ impl Inbound {
                 return Ok(None);
             }
         };
-        match qos {
-            1 => self.qos1_in_gate -= 1,
-            _ => {
-                self.qos2_in_gate.remove(&pkid);
-            }
-        }
+        self.leave_gate(pkid, qos);
         match outcome {
             Ok(()) => {
                 if qos == 2 {
                     self.awaiting_pubrel.insert(pkid);
                 }
-                write_ack(conn, qos, pkid, None);
+                write_ack(conn, qos, pkid, AckReason::Success);
                 events::PublishAcknowledged {
                     qos,
                     latency: received.elapsed(),
@@ -337,11 +376,21 @@ impl Inbound {
                 events::PublishRefused { qos, error: &error }.emit();
                 match version {
                     Version::V5 => {
-                        write_ack(conn, qos, pkid, Some(error.failure()));
+                        write_ack(conn, qos, pkid, AckReason::from(Some(error.failure())));
                         Ok(None)
                     }
                     Version::V4 => Err(End::KafkaRefused),
                 }
+            }
+        }
+    }
+
+    /// A QoS 1/2 publish no longer waits in the gate.
+    fn leave_gate(&mut self, pkid: u16, qos: u8) {
+        match qos {
+            1 => self.qos1_in_gate = self.qos1_in_gate.saturating_sub(1),
+            _ => {
+                self.qos2_in_gate.remove(&pkid);
             }
         }
     }
@@ -362,9 +411,8 @@ impl Inbound {
     }
 }
 
-/// PUBACK (QoS 1) or PUBREC (QoS 2); with a failure, its MQTT 5 code.
-fn write_ack(conn: &mut Connection, qos: u8, pkid: u16, failure: Option<DeliveryFailure>) {
-    let reason = AckReason::from(failure);
+/// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason` (MQTT 5's code).
+fn write_ack(conn: &mut Connection, qos: u8, pkid: u16, reason: AckReason) {
     let packet = if qos == 1 {
         Packet::PubAck(
             PubAck {
@@ -391,7 +439,7 @@ enum AckReason {
     Success,
     /// 0x97: the local producer queue stayed full.
     QuotaExceeded,
-    /// 0x87: Kafka's ACLs refuse the topic.
+    /// 0x87: Tributary's ACL, or Kafka's, refuses the topic.
     NotAuthorized,
     /// 0x83: valid, but Kafka cannot take it (no such topic, too large).
     ImplementationSpecific,

@@ -32,7 +32,6 @@ pub mod subscriptions;
 pub mod topic_alias;
 pub mod will;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +41,9 @@ use rumqttd::protocol::{
 };
 use tributary_bridge::DeliveryError;
 
+use crate::auth::Identity;
 use crate::events;
+use crate::listener::Arrival;
 use crate::router::{FromRouter, Port};
 use codec::Version;
 pub use connection::Transport;
@@ -80,12 +81,11 @@ pub fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
-/// Serves one device connection from its first byte to its close.
-pub async fn serve(stream: impl Transport, peer: SocketAddr, ctx: Arc<LinkContext>) {
+/// Serves one device connection from its first byte of MQTT to its close.
+pub async fn serve(stream: Box<dyn Transport>, arrival: Arrival, ctx: Arc<LinkContext>) {
     // Each phase's state lives only as long as the phase: boxed, the
     // handshake's and the goodbye's never weigh on an idle connection.
-    let Some((mut link, registration)) = Box::pin(connect::open(Box::new(stream), peer, ctx)).await
-    else {
+    let Some((mut link, registration)) = Box::pin(connect::open(stream, arrival, ctx)).await else {
         return;
     };
     let end = link.run(&registration).await;
@@ -113,6 +113,10 @@ enum Event {
 struct Link {
     ctx: Arc<LinkContext>,
     client_id: Arc<str>,
+    /// Who the client authenticated as, and what its ACL lets it do.
+    identity: Arc<Identity>,
+    /// When its token expires, if it came with one.
+    expires: Option<Instant>,
     keep_alive: Option<Duration>,
     will: PendingWill,
     conn: Connection,
@@ -250,6 +254,7 @@ impl Link {
             read = self.conn.read(), if can_read => Event::Read(matches!(read, Ok(n) if n > 0)),
             said = self.port.next(), if take_from_router => Event::Router(said),
             () = sleep_until(keep_alive_deadline) => Event::End(End::KeepAliveTimeout),
+            () = sleep_until(self.expires) => Event::End(End::TokenExpired),
         }
     }
 
@@ -291,6 +296,7 @@ impl Link {
                     .handle_publish(
                         &self.ctx,
                         &self.client_id,
+                        &self.identity,
                         version,
                         meta,
                         packet,
@@ -305,10 +311,13 @@ impl Link {
             packet @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
                 self.outbound.handle_device_ack(packet, &mut self.conn)
             }
-            Packet::Subscribe(subscribe, properties) => {
-                self.outbound
-                    .handle_subscribe(subscribe, properties, &self.ctx, &mut self.port)?
-            }
+            Packet::Subscribe(subscribe, properties) => self.outbound.handle_subscribe(
+                subscribe,
+                properties,
+                &self.ctx,
+                &mut self.conn,
+                &mut self.port,
+            )?,
             Packet::Unsubscribe(unsubscribe, _) => self.outbound.handle_unsubscribe(
                 unsubscribe,
                 &self.ctx,

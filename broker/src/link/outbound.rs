@@ -12,11 +12,12 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubComp, PubCompReason, PubRecReason, PubRel, PubRelReason,
-    Publish, PublishProperties, Subscribe, SubscribeProperties, UnsubAck, UnsubAckReason,
-    Unsubscribe,
+    Publish, PublishProperties, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode,
+    UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::codec::Version;
 use super::connection::Connection;
 use super::outbox::Acked;
 use super::session::Session;
@@ -24,6 +25,7 @@ use super::shares::Handoff;
 use super::subscriptions::{split_shared, Options, RetainHandling};
 use super::topic_alias::TopicAliases;
 use super::{End, LinkContext};
+use crate::auth::Access;
 use crate::events;
 use crate::router::Port;
 
@@ -54,6 +56,9 @@ pub struct Outbound {
     /// Topic aliases towards an MQTT 5 client that accepts them (boxed: most
     /// connections have none).
     aliases: Option<Box<TopicAliases>>,
+    /// SUBSCRIBEs some of whose filters the ACL refused, by packet id: the
+    /// positions refused, merged into the router's SUBACK.
+    denied: Vec<(u16, Vec<usize>)>,
 }
 
 impl Outbound {
@@ -116,14 +121,65 @@ impl Outbound {
         ));
     }
 
+    /// Takes the filters the ACL refuses out of `subscribe`; false when none
+    /// is left, and the SUBACK has been written here.
+    fn authorize_subscribe(&mut self, subscribe: &mut Subscribe, conn: &mut Connection) -> bool {
+        let identity = &self.session.identity;
+        if !identity.is_restricted() {
+            return true;
+        }
+        let mut refused = Vec::new();
+        let mut position = 0;
+        subscribe.filters.retain(|filter| {
+            let allowed = identity.allows(&self.session.client_id, Access::Subscribe, &filter.path);
+            if !allowed {
+                events::SubscriptionDenied.emit();
+                refused.push(position);
+            }
+            position += 1;
+            allowed
+        });
+        if refused.is_empty() {
+            return true;
+        }
+        if subscribe.filters.is_empty() {
+            // Nothing for the router: answered here.
+            let code = refused_code(conn.version());
+            conn.write(Packet::SubAck(
+                SubAck {
+                    pkid: subscribe.pkid,
+                    return_codes: vec![code; refused.len()],
+                },
+                None,
+            ));
+            return false;
+        }
+        self.denied.push((subscribe.pkid, refused));
+        true
+    }
+
     /// The router's SUBACK: to the device, then the retained messages owed.
     pub fn handle_suback(&mut self, packet: Packet, ctx: &LinkContext, conn: &mut Connection) {
-        let Packet::SubAck(ack, properties) = packet else {
+        let Packet::SubAck(mut ack, properties) = packet else {
             return;
         };
         // The gateway's own SUBSCRIBEs (packet id 0) are answered to nobody.
         if ack.pkid == OWN_PKID {
             return;
+        }
+        if let Some(at) = self.denied.iter().position(|(pkid, _)| *pkid == ack.pkid) {
+            // Filters the ACL refused get their failure at their place
+            // [MQTT-3.9.3-1].
+            let (_, refused) = self.denied.swap_remove(at);
+            let code = refused_code(conn.version());
+            let mut granted = std::mem::take(&mut ack.return_codes).into_iter();
+            let total = refused.len() + granted.len();
+            ack.return_codes = (0..total)
+                .map(|i| match refused.contains(&i) {
+                    true => code,
+                    false => granted.next().unwrap_or(code),
+                })
+                .collect();
         }
         let pkid = ack.pkid;
         conn.write(Packet::SubAck(ack, properties));
@@ -153,6 +209,7 @@ impl Outbound {
         subscribe: Subscribe,
         properties: Option<SubscribeProperties>,
         ctx: &LinkContext,
+        conn: &mut Connection,
         port: &mut Port,
     ) -> Result<(), End> {
         for filter in &subscribe.filters {
@@ -187,6 +244,10 @@ impl Outbound {
                 DisconnectReasonCode::ProtocolError,
                 "subscription_identifier_zero",
             ));
+        }
+        let mut subscribe = subscribe;
+        if !self.authorize_subscribe(&mut subscribe, conn) {
+            return Ok(());
         }
         let mut due = RetainedDue {
             pkid: subscribe.pkid,
@@ -229,9 +290,14 @@ impl Outbound {
     /// A share another member left unacknowledged: this client's now, if it
     /// still has the subscription; else on to another member.
     pub fn handle_handoff(&mut self, handoff: Handoff, ctx: &LinkContext, conn: &mut Connection) {
+        let readable = std::str::from_utf8(&handoff.topic).is_ok_and(|topic| {
+            self.session
+                .identity
+                .allows(&self.session.client_id, Access::Read, topic)
+        });
         match self.session.subscriptions.get(&handoff.filter).cloned() {
-            Some(options) => self.session.accept_handoff(handoff, &options, true),
-            None => {
+            Some(options) if readable => self.session.accept_handoff(handoff, &options, true),
+            _ => {
                 let _ = ctx.shares.hand_off(handoff, self.member_id);
             }
         }
@@ -319,6 +385,7 @@ impl Outbound {
             member_id,
             handoffs: None,
             aliases: TopicAliases::new(topic_alias_max).map(Box::new),
+            denied: Vec::new(),
         }
     }
 
@@ -446,5 +513,14 @@ fn hand_off_shares(
     });
     if handed > 0 {
         events::SharesHandedOff { count: handed }.emit();
+    }
+}
+
+/// The SUBACK code of a filter the ACL refused: 0x80 in MQTT 3.1.1 (its only
+/// failure), 0x87 Not authorized in MQTT 5.
+fn refused_code(version: Version) -> SubscribeReasonCode {
+    match version {
+        Version::V4 => SubscribeReasonCode::Failure,
+        Version::V5 => SubscribeReasonCode::NotAuthorized,
     }
 }

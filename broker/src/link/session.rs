@@ -23,10 +23,13 @@ use super::outbox::{reencode, Outbox, Queued, Share};
 use super::retained::RetainedMessage;
 use super::shares::Handoff;
 use super::subscriptions::{Options, Subscriptions};
+use crate::auth::{Access, Identity};
 use crate::events;
 
 pub struct Session {
     pub client_id: Arc<str>,
+    /// Who the client last connected as: its ACL decides what it may read.
+    pub identity: Arc<Identity>,
     pub version: Version,
     pub subscriptions: Subscriptions,
     pub outbox: Outbox,
@@ -73,9 +76,10 @@ impl Copies {
 }
 
 impl Session {
-    pub fn new(client_id: Arc<str>, version: Version) -> Session {
+    pub fn new(client_id: Arc<str>, version: Version, identity: Arc<Identity>) -> Session {
         Session {
             client_id,
+            identity,
             version,
             subscriptions: Subscriptions::default(),
             outbox: Outbox::default(),
@@ -154,6 +158,12 @@ impl Session {
         if expired {
             return router_ack;
         }
+        if !self.identity.allows(&self.client_id, Access::Read, &topic) {
+            // The subscription was granted; this topic is not for this
+            // client's eyes (a `#` subscriber sees only what it may read).
+            events::DeliveryDenied.emit();
+            return router_ack;
+        }
         if share.is_none() && subscriptions.len() > 1 {
             if let Some(origin) = &origin {
                 if !self.copies.first_of(origin.id, subscriptions.len()) {
@@ -226,6 +236,12 @@ impl Session {
             properties
                 .get_or_insert_with(PublishProperties::default)
                 .subscription_identifiers = vec![id];
+        }
+        let readable = std::str::from_utf8(&message.topic)
+            .is_ok_and(|topic| self.identity.allows(&self.client_id, Access::Read, topic));
+        if !readable {
+            events::DeliveryDenied.emit();
+            return;
         }
         let publish = Publish::new(message.topic.clone(), message.payload.clone(), true);
         let Some((frame, _, false)) = self.encode(publish, properties, origin.as_ref()) else {

@@ -23,6 +23,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use super::codec::Version;
 use super::registry::shrink;
 use super::session::Session;
+use crate::auth::Identity;
 use crate::events;
 use crate::router::{FromRouter, RouterGone, RouterLink};
 
@@ -213,8 +214,9 @@ impl Keeper {
     async fn take(self, client_id: Arc<str>) -> Option<Parked> {
         match self {
             Keeper::Waiting(parked) => Some(*parked),
+            // Its identity is the resuming connection's (set at CONNECT).
             Keeper::Empty(version) => Some(Parked {
-                session: Session::new(client_id, version),
+                session: Session::new(client_id, version, Arc::new(Identity::unrestricted())),
                 router: None,
             }),
             Keeper::Routing { take, task } => {

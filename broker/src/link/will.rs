@@ -29,6 +29,9 @@ pub struct Will {
     /// MQTT 5 Will Delay Interval (capped by the session expiry interval).
     pub delay: Duration,
     pub properties: Option<PublishProperties>,
+    /// Who left it (the `mqtt.username` and `mqtt.cert_cn` Kafka headers).
+    pub username: Option<Arc<str>>,
+    pub cert_cn: Option<Arc<str>>,
 }
 
 impl Will {
@@ -61,6 +64,8 @@ impl Will {
             retain: will.retain,
             delay: Duration::from_secs(u64::from(delay)),
             properties,
+            username: None,
+            cert_cn: None,
         }
     }
 }
@@ -166,6 +171,8 @@ impl Wills {
             qos: will.qos,
             retain: will.retain,
             payload: will.payload.clone(),
+            username: will.username.clone(),
+            cert_cn: will.cert_cn.clone(),
         };
         let mut kafka_ok = true;
         for route in self.routes.matches(topic) {

@@ -1,6 +1,14 @@
-//! The MQTT accept loop: the connection limit lives here.
+//! Where devices connect: one accept loop per `[[listeners]]` entry, the
+//! connection limit they share, and each transport's handshake (TLS,
+//! WebSocket) before the link sees a byte of MQTT.
 //!
-//! It never reads MQTT itself; each accepted socket goes to its own task.
+//! It never reads MQTT itself; each accepted socket goes to its own task, and
+//! a slow or hostile handshake holds only that task, for at most the connect
+//! timeout.
+
+pub mod config;
+pub mod tls;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,16 +23,172 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events;
+use crate::link::{LinkContext, Transport};
+use config::{ListenerConfig, TransportKind};
+use tls::{CertIdentity, TlsConfig};
+use websocket::WsSettings;
 
 /// Pause after a failed `accept()` (e.g. out of file descriptors) so the loop does
 /// not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// One configured listener, ready to turn accepted sockets into MQTT byte
+/// streams.
+pub struct Listener {
+    pub name: Arc<str>,
+    pub transport: TransportKind,
+    tls: Option<Arc<TlsConfig>>,
+    ws: Option<WsSettings>,
+    auth: Arc<ListenerAuth>,
+}
+
+/// A listener's own authentication settings, which the link applies at
+/// CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerAuth {
+    pub name: Arc<str>,
+    /// Overrides `auth.allow_anonymous` on this listener.
+    pub allow_anonymous: Option<bool>,
+    /// A verified client certificate's identity is the user name.
+    pub use_identity_as_username: bool,
+    /// The client id must equal the certificate's identity.
+    pub require_client_id_match: bool,
+}
+
+impl ListenerAuth {
+    /// For connections that come by no listener (in-process tools, the fuzz
+    /// target): the `[auth]` section's settings, nothing of a listener's own.
+    pub fn in_process() -> Arc<ListenerAuth> {
+        Arc::new(ListenerAuth {
+            name: "in-process".into(),
+            allow_anonymous: None,
+            use_identity_as_username: false,
+            require_client_id_match: false,
+        })
+    }
+}
+
+/// What the link learns of how a connection arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub peer: SocketAddr,
+    pub listener: Arc<ListenerAuth>,
+    /// The identity of a client certificate the TLS handshake verified.
+    pub cert: Option<CertIdentity>,
+}
+
+impl Listener {
+    /// Builds a listener from its (validated) configuration; its TLS files are
+    /// read now, so a listener with a broken certificate never starts.
+    pub fn new(config: &ListenerConfig, max_packet_size: usize) -> anyhow::Result<Listener> {
+        let name: Arc<str> = config.display_name().into();
+        let tls = match tls::TlsFiles::of(config) {
+            Some(files) => Some(Arc::new(TlsConfig::load(&name, files)?)),
+            None if config.transport.is_tls() => {
+                anyhow::bail!("listener {name}: cert_file and key_file are required")
+            }
+            None => None,
+        };
+        let ws = config.transport.is_websocket().then(|| WsSettings {
+            path: config.ws_path.clone(),
+            max_message_size: WsSettings::max_message_size_for(max_packet_size),
+            ..WsSettings::default()
+        });
+        Ok(Listener {
+            auth: Arc::new(ListenerAuth {
+                name: name.clone(),
+                allow_anonymous: config.allow_anonymous,
+                use_identity_as_username: config.use_identity_as_username,
+                require_client_id_match: config.require_client_id_match,
+            }),
+            name,
+            transport: config.transport,
+            tls,
+            ws,
+        })
+    }
+
+    /// Its TLS configuration, for reloading.
+    pub fn tls(&self) -> Option<&Arc<TlsConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// Serves one accepted socket: the transport's handshake, bounded by the
+    /// connect timeout, then MQTT to the connection's end.
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: Arc<LinkContext>,
+    ) {
+        let timeout = ctx.config.connect_timeout;
+        let (transport, cert) = match tokio::time::timeout(timeout, self.upgrade(stream)).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(reason)) => {
+                events::HandshakeFailed {
+                    peer,
+                    listener: &self.name,
+                    reason,
+                }
+                .emit();
+                return;
+            }
+            Err(_) => {
+                events::HandshakeFailed {
+                    peer,
+                    listener: &self.name,
+                    reason: "handshake_timeout",
+                }
+                .emit();
+                return;
+            }
+        };
+        let arrival = Arrival {
+            peer,
+            listener: self.auth.clone(),
+            cert,
+        };
+        crate::link::serve(transport, arrival, ctx).await;
+    }
+
+    /// The transport's handshake; the reason label when it fails.
+    async fn upgrade(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(Box<dyn Transport>, Option<CertIdentity>), &'static str> {
+        match (self.transport, &self.tls, &self.ws) {
+            (TransportKind::Tcp, _, _) => Ok((Box::new(stream), None)),
+            (TransportKind::Tls, Some(tls), _) => {
+                let stream = tls.accept(stream).await.map_err(|_| "tls_handshake")?;
+                let cert = tls::peer_identity(&stream);
+                Ok((Box::new(stream), cert))
+            }
+            (TransportKind::Ws, _, Some(ws)) => {
+                let stream = websocket::accept(stream, ws)
+                    .await
+                    .map_err(|refused| refused.label())?;
+                Ok((Box::new(stream), None))
+            }
+            (TransportKind::Wss, Some(tls), Some(ws)) => {
+                let stream = tls.accept(stream).await.map_err(|_| "tls_handshake")?;
+                let cert = tls::peer_identity(&stream);
+                let stream = websocket::accept(stream, ws)
+                    .await
+                    .map_err(|refused| refused.label())?;
+                Ok((Box::new(stream), cert))
+            }
+            // `Listener::new` builds the TLS and WebSocket parts its transport
+            // needs; never reached.
+            _ => Err("misconfigured"),
+        }
+    }
+}
+
 /// Accepts until `shutdown`, running `serve` for each connection under `tasks`.
-/// At `max_connections` further sockets are closed at once and counted.
+/// When `slots` are all taken further sockets are closed at once and counted.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     serve: F,
@@ -32,7 +196,6 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -122,7 +285,7 @@ mod tests {
         let tasks = TaskTracker::new();
         let accepting = tokio::spawn(accept_loop(
             listener,
-            1,
+            Arc::new(Semaphore::new(1)),
             tasks.clone(),
             shutdown.clone(),
             move |_stream, _peer| {

@@ -2,6 +2,8 @@
 //! 127.0.0.1:0, real MQTT clients, a real Kafka.
 #![allow(dead_code)] // each test binary uses its own part of the kit
 
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
