@@ -558,8 +558,10 @@ mod tests {
     fn the_shipped_default_config_is_valid_and_documented() {
         let text = include_str!("../../conf/tributary.toml");
         let config = Config::from_toml(text).unwrap();
-        assert_eq!(config.mqtt.listen, "0.0.0.0:1883");
-        assert_eq!(config.http.listen, "0.0.0.0:9464");
+        // Anonymous access, so loopback only.
+        assert_eq!(config.mqtt.listen, "127.0.0.1:1883");
+        assert_eq!(config.http.listen, "127.0.0.1:9464");
+        assert!(config.auth.anonymous_allowed());
         assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.routes.len(), 1);
         let route = &config.routes[0];
