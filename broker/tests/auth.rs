@@ -79,26 +79,7 @@ async fn connack_code(addr: std::net::SocketAddr, connect: &[u8]) -> (u8, Raw) {
 
 /// Reads until `expected` arrives (true) or `within` passes (false).
 async fn receives(raw: &mut Raw, expected: &[u8], within: Duration) -> bool {
-    received_until(raw, expected, within).await.is_some()
-}
-
-/// Everything read up to and including `expected`; `None` if it did not
-/// arrive within `within`.
-async fn received_until(raw: &mut Raw, expected: &[u8], within: Duration) -> Option<Vec<u8>> {
-    let mut received = Vec::new();
-    let arrived = tokio::time::timeout(within, async {
-        let mut buf = [0u8; 1024];
-        while !received.windows(expected.len()).any(|w| w == expected) {
-            match raw.0.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-        true
-    })
-    .await
-    .unwrap_or(false);
-    arrived.then_some(received)
+    raw.read_until(expected, within).await.is_some()
 }
 
 fn subscribe(version: u8, pkid: u16, filters: &[&str]) -> Vec<u8> {
@@ -433,7 +414,8 @@ async fn the_acl_decides_subscriptions_publishes_wills_and_deliveries() {
     bob_pub
         .send(&publish(4, 0, "public/x", 0, b"for-everyone"))
         .await;
-    let seen_by_alice = received_until(&mut alice5, b"for-everyone", WAIT)
+    let seen_by_alice = alice5
+        .read_until(b"for-everyone", WAIT)
         .await
         .expect("alice's # subscription gets what she may read");
     assert!(

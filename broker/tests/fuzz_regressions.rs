@@ -59,19 +59,7 @@ fn publish(flags: u8, topic: &str, pkid: Option<u16>, payload: &[u8]) -> Vec<u8>
 /// Reads until `expected` has arrived (true) or the connection closed or
 /// stalled (false).
 async fn receives(raw: &mut Raw, expected: &[u8]) -> bool {
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(WAIT, async {
-        let mut buf = [0u8; 1024];
-        while !received.windows(expected.len()).any(|w| w == expected) {
-            match raw.0.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-        true
-    })
-    .await;
-    read == Ok(true)
+    raw.read_until(expected, WAIT).await.is_some()
 }
 
 /// A new device connects, subscribes and is answered; no connection task has

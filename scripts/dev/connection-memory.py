@@ -15,6 +15,21 @@ connection (delta / open connections) and the marginal KB per connection since
 the previous step (which leaves out one-time costs of the first connections).
 Start a fresh broker for figures that must not depend on earlier runs.
 
+TLS. With --tls CAFILE every connection does a TLS handshake (Python's ssl,
+i.e. OpenSSL; TLS 1.2 or 1.3, whatever the broker picks) before its CONNECT:
+the broker's certificate must chain to CAFILE and name --tls-server-name
+("localhost" by default; the name is checked, whatever --host is).
+--tls-cert CERTFILE [--tls-key KEYFILE] presents a client certificate (for
+listeners with require_client_cert; without --tls-key the key is read from
+CERTFILE). Handshakes are driven without blocking like the rest, so they count
+against --window and --timeout; a failed TLS handshake (certificate refused
+by either side) is retried like a failed TCP connect and reported with
+OpenSSL's reason. Full handshakes only: no session is resumed. The RSS delta
+then includes the broker's TLS state per connection (its buffers, the
+session); this script's own memory grows too (tens of KB per TLS connection,
+not measured). Mind that the broker's CPU, not memory, limits how fast TLS
+connections open: 10,000 take tens of seconds on a small machine.
+
 Limits. Every connection costs one file descriptor here and one in the broker.
 This script raises its own RLIMIT_NOFILE soft limit to the hard limit (20,000
 per process on the development machine, so 19,968 connections at most)
@@ -36,6 +51,8 @@ opened.
   scripts/dev/connection-memory.py --pid $(pgrep -f 'tributary --config') \\
       --port 1883 --connections 1000,10000,19000 --settle 5
   scripts/dev/connection-memory.py --pid ... --connections 10000 --subscribe
+  scripts/dev/connection-memory.py --pid ... --port 8883 --tls ca.pem \\
+      --connections 1000,10000
 """
 import argparse
 import collections
@@ -45,6 +62,7 @@ import resource
 import select
 import selectors
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -52,7 +70,8 @@ import time
 # File descriptors this process needs besides the connections.
 SPARE_FDS = 32
 
-CONNECTING, WAIT_CONNACK, WAIT_SUBACK = "connecting", "waiting for CONNACK", "waiting for SUBACK"
+CONNECTING, TLS_HANDSHAKE, WAIT_CONNACK, WAIT_SUBACK = (
+    "connecting", "in the TLS handshake", "waiting for CONNACK", "waiting for SUBACK")
 
 
 def proc_status(pid):
@@ -79,6 +98,29 @@ def open_files_limit(pid):
     except OSError:
         pass
     return None
+
+
+def tls_context(args):
+    """The client SSLContext for --tls, or None without it."""
+    if args.tls is None:
+        if args.tls_cert or args.tls_key:
+            sys.exit("--tls-cert and --tls-key need --tls CAFILE")
+        return None
+    if args.tls_key and not args.tls_cert:
+        sys.exit("--tls-key needs --tls-cert")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks the host name
+    try:
+        context.load_verify_locations(args.tls)
+        if args.tls_cert:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as err:
+        sys.exit(f"TLS files: {err}")
+    return context
+
+
+def tls_reason(err):
+    """Short reason of an SSL error, e.g. 'CERTIFICATE_VERIFY_FAILED'."""
+    return getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
 
 
 def remaining_length(n):
@@ -141,6 +183,7 @@ class Connector:
         self.failures = collections.Counter()
         self.retried = 0
         self.prefix = f"mem-{os.getpid()}-{int(time.time())}"
+        self.tls = tls_context(args)
 
     def source(self, index):
         n = 2 + index // self.args.per_source
@@ -192,16 +235,63 @@ class Connector:
             self.opened.append(h.sock)
             h.sock = None
 
+        def start_tls(h):
+            # The SSLSocket takes over the file descriptor (same number, so
+            # `active` stays valid); the plain socket object is detached.
+            self.selector.unregister(h.sock)
+            try:
+                h.sock = self.tls.wrap_socket(
+                    h.sock, server_hostname=args.tls_server_name,
+                    do_handshake_on_connect=False,
+                )
+            except (OSError, ValueError) as err:
+                give_up(h, f"TLS: {tls_reason(err)}")
+                return
+            h.state = TLS_HANDSHAKE
+            self.selector.register(h.sock, selectors.EVENT_WRITE, h)
+            handshake(h)
+
+        def handshake(h):
+            try:
+                h.sock.do_handshake()
+            except ssl.SSLWantReadError:
+                self.selector.modify(h.sock, selectors.EVENT_READ, h)
+                return
+            except ssl.SSLWantWriteError:
+                self.selector.modify(h.sock, selectors.EVENT_WRITE, h)
+                return
+            except ssl.SSLError as err:
+                give_up(h, f"TLS: {tls_reason(err)}")
+                return
+            except OSError as err:
+                give_up(h, f"TLS: {err.strerror or err}")
+                return
+            h.state = WAIT_CONNACK
+            self.selector.modify(h.sock, selectors.EVENT_WRITE, h)
+
         def on_write(h):
             if h.state == CONNECTING:
                 code = h.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     give_up(h, f"connect: {os.strerror(code)}")
                     return
+                if self.tls is not None:
+                    start_tls(h)
+                    return
                 h.state = WAIT_CONNACK
+            elif h.state == TLS_HANDSHAKE:
+                handshake(h)
+                return
             try:
                 sent = h.sock.send(h.outbuf)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                return
+            except ssl.SSLWantReadError:
+                # TLS needs the peer's data before it can write (rare).
+                self.selector.modify(h.sock, selectors.EVENT_READ, h)
+                return
+            except ssl.SSLError as err:
+                give_up(h, f"send: TLS {tls_reason(err)}")
                 return
             except OSError as err:
                 give_up(h, f"send: {err.strerror}")
@@ -211,9 +301,32 @@ class Connector:
                 self.selector.modify(h.sock, selectors.EVENT_READ, h)
 
         def on_read(h):
+            if h.state == TLS_HANDSHAKE:
+                handshake(h)
+                return
+            if h.outbuf:
+                # A TLS write that wanted to read first: retry it now.
+                self.selector.modify(h.sock, selectors.EVENT_WRITE, h)
+                return
+            data = bytearray()
             try:
-                data = h.sock.recv(4096)
-            except BlockingIOError:
+                chunk = h.sock.recv(4096)
+                data += chunk
+                # Decrypted bytes OpenSSL holds beyond this read: the selector
+                # does not see them (the kernel buffer is already drained).
+                while chunk and self.tls is not None and h.sock.pending():
+                    chunk = h.sock.recv(max(h.sock.pending(), 4096))
+                    data += chunk
+            except (BlockingIOError, ssl.SSLWantReadError):
+                # No application data yet (e.g. a TLS 1.3 session ticket).
+                if not data:
+                    return
+            except ssl.SSLWantWriteError:
+                if not data:
+                    self.selector.modify(h.sock, selectors.EVENT_WRITE, h)
+                    return
+            except ssl.SSLError as err:
+                give_up(h, f"recv: TLS {tls_reason(err)}")
                 return
             except OSError as err:
                 give_up(h, f"recv: {err.strerror}")
@@ -304,7 +417,9 @@ class Connector:
                 closed += 1
                 continue
             try:
-                if by_fd[fd].recv(1, socket.MSG_PEEK) == b"":
+                # The kernel socket itself, also under TLS (SSLSocket.recv
+                # takes no flags): an end of stream with nothing left is closed.
+                if socket.socket.recv(by_fd[fd], 1, socket.MSG_PEEK) == b"":
                     closed += 1
             except BlockingIOError:
                 pass
@@ -388,6 +503,18 @@ def main():
         "--window", type=int, default=64,
         help="handshakes in flight; keep it under the broker's listen backlog",
     )
+    parser.add_argument(
+        "--tls", metavar="CAFILE",
+        help="connect over TLS, verifying the broker's certificate against CAFILE (PEM)",
+    )
+    parser.add_argument(
+        "--tls-server-name", default="localhost",
+        help="name the broker's certificate must have (SNI and host name check)",
+    )
+    parser.add_argument("--tls-cert", metavar="CERTFILE", help="client certificate (PEM)")
+    parser.add_argument(
+        "--tls-key", metavar="KEYFILE", help="its private key (default: in CERTFILE)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per handshake")
     parser.add_argument("--retries", type=int, default=3, help="per connection")
     parser.add_argument(
@@ -407,6 +534,8 @@ def main():
     with open(f"/proc/{args.pid}/comm") as comm:
         broker = comm.read().strip()
     mode = "subscribed" if args.subscribe else "publish-only"
+    if args.tls:
+        mode += ", TLS" + (" + client cert" if args.tls_cert else "")
 
     before, hwm = proc_status(args.pid)
     print(f"{broker} (pid {args.pid}) {args.host}:{args.port}, {mode}: "

@@ -245,6 +245,21 @@ fn assign_client_id() -> String {
     format!("tributary-{started:x}-{n:x}")
 }
 
+/// Answers a refused CONNECT where MQTT has a way, and counts it.
+async fn refuse(stream: &mut Box<dyn Transport>, peer: std::net::SocketAddr, refused: Refused) {
+    if let Some((version, connack)) = refused.connack() {
+        let mut out = BytesMut::new();
+        if version.encode(connack, &mut out).is_ok() && stream.write_all(&out).await.is_ok() {
+            let _ = stream.flush().await;
+        }
+    }
+    events::ConnectRefused {
+        peer,
+        reason: refused.reason(),
+    }
+    .emit();
+}
+
 /// The handshake up to CONNACK: a link, or `None` when the connection was
 /// refused (and told so where MQTT has a way).
 pub(super) async fn open(
@@ -257,18 +272,7 @@ pub(super) async fn open(
     let connect = match read_connect(&mut stream, &mut rbuf, &ctx.config).await {
         Ok(connect) => connect,
         Err(refused) => {
-            if let Some((version, connack)) = refused.connack() {
-                let mut out = BytesMut::new();
-                if version.encode(connack, &mut out).is_ok() && stream.write_all(&out).await.is_ok()
-                {
-                    let _ = stream.flush().await;
-                }
-            }
-            events::ConnectRefused {
-                peer,
-                reason: refused.reason(),
-            }
-            .emit();
+            refuse(&mut stream, peer, refused).await;
             return None;
         }
     };
@@ -297,24 +301,12 @@ pub(super) async fn open(
                 Refusal::BadCredentials(_) => ConnectReturnCode::BadUserNamePassword,
                 Refusal::NotAuthorized(_) => ConnectReturnCode::NotAuthorized,
             };
-            let connack = Packet::ConnAck(
-                ConnAck {
-                    session_present: false,
-                    code,
-                },
-                None,
-            );
-            let mut out = BytesMut::new();
-            if connect.version.encode(connack, &mut out).is_ok()
-                && stream.write_all(&out).await.is_ok()
-            {
-                let _ = stream.flush().await;
-            }
-            events::ConnectRefused {
-                peer,
+            let refused = Refused::WithConnAck {
+                version: connect.version,
+                code,
                 reason: refusal.label(),
-            }
-            .emit();
+            };
+            refuse(&mut stream, peer, refused).await;
             return None;
         }
     };

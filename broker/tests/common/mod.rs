@@ -113,6 +113,24 @@ impl Raw {
         let _ = self.0.write_all(bytes).await;
     }
 
+    /// Everything read up to and including `expected`; `None` when the
+    /// connection closed or `expected` did not arrive within `within`.
+    pub async fn read_until(&mut self, expected: &[u8], within: Duration) -> Option<Vec<u8>> {
+        let mut received = Vec::new();
+        let arrived = tokio::time::timeout(within, async {
+            let mut buf = [0u8; 1024];
+            while !received.windows(expected.len()).any(|w| w == expected) {
+                match self.0.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+            true
+        })
+        .await;
+        (arrived == Ok(true)).then_some(received)
+    }
+
     /// Reads until the server closes the connection; returns what it sent.
     /// Panics if it is still open after `timeout`.
     pub async fn closed_within(&mut self, timeout: Duration) -> Vec<u8> {
