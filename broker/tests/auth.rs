@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tributary::auth::jwt::{JwtAlgorithm, Secret};
 use tributary::auth::{AuthConfig, JwtConfig};
 use tributary::Server;
-use tributary_bridge::testing::{consume, create_topic, require_kafka, unique_topic};
+use tributary_bridge::testing::{consume, create_topic, header, require_kafka, unique_topic};
 use tributary_wire::packet;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -483,6 +483,109 @@ async fn the_acl_decides_subscriptions_publishes_wills_and_deliveries() {
     );
     let denied = common::metric(&server, r#"tributary_mqtt_publishes_denied_total{qos="1"}"#).await;
     assert_eq!(denied, 3.0);
+    // Who published travels with each record.
+    let by_payload = |payload: &[u8]| {
+        records
+            .iter()
+            .find(|r| r.payload() == Some(payload))
+            .and_then(|r| header(r, "mqtt.username"))
+            .map(<[u8]>::to_vec)
+    };
+    assert_eq!(by_payload(b"allowed"), Some(b"alice".to_vec()));
+    assert_eq!(by_payload(b"not-for-alice"), Some(b"bob".to_vec()));
+    assert_eq!(by_payload(b"allowed-will"), Some(b"alice".to_vec()));
+
+    // The ACL is reloaded when its file changes: alice may now write
+    // sensors/bob/#, on the connection she already has.
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        format!("{ACL}\nuser alice\ntopic write sensors/bob/#\n"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        alice5
+            .send(&publish(5, 1, "sensors/bob/t", 9, b"after-reload"))
+            .await;
+        let accepted = alice5
+            .read_until(&[0x40, 0x02, 0x00, 0x09], Duration::from_millis(500))
+            .await;
+        if accepted.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changed ACL was not reloaded"
+        );
+    }
     server.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn each_listener_has_its_own_anonymous_setting_and_a_token_carries_its_acl() {
+    use tributary::listener::config::ListenerConfig;
+    let bootstrap = require_kafka();
+    let mut jwt = JwtConfig::new(JwtAlgorithm::Hs256);
+    jwt.secret = Some(Secret::new(SECRET));
+    let server = common::start(&bootstrap, &[], |config| {
+        config.auth = AuthConfig {
+            jwt: Some(jwt),
+            ..AuthConfig::default()
+        };
+        config.listeners = vec![
+            ListenerConfig {
+                name: "local".into(),
+                allow_anonymous: Some(true),
+                ..ListenerConfig::plain("127.0.0.1:0")
+            },
+            ListenerConfig {
+                name: "devices".into(),
+                ..ListenerConfig::plain("127.0.0.1:0")
+            },
+        ];
+    })
+    .await;
+    let local = server.listener_addr("local").unwrap();
+    let devices = server.listener_addr("devices").unwrap();
+    let anonymous = connect(4, "tool", None, None, None);
+    assert_eq!(connack_code(local, &anonymous).await.0, 0x00);
+    assert_eq!(connack_code(devices, &anonymous).await.0, 0x05);
+
+    let token = token(
+        serde_json::json!({
+            "sub": "truck-fleet",
+            "exp": now() + 600,
+            "acl": {"pub": ["fleet/%c/#"], "sub": ["cmd/${clientid}"]}
+        }),
+        SECRET,
+    );
+    let (code, mut truck) = connack_code(
+        devices,
+        &connect(5, "truck-1", Some("any"), Some(&token), None),
+    )
+    .await;
+    assert_eq!(code, 0x00);
+    truck
+        .send(&publish(5, 1, "fleet/truck-1/gps", 1, b"own"))
+        .await;
+    assert!(receives(&mut truck, &[0x40, 0x02, 0x00, 0x01], WAIT).await);
+    truck
+        .send(&publish(5, 1, "fleet/truck-2/gps", 2, b"other"))
+        .await;
+    assert!(receives(&mut truck, &[0x40, 0x04, 0x00, 0x02, 0x87, 0x00], WAIT).await);
+    truck
+        .send(&subscribe(5, 3, &["cmd/truck-1", "cmd/truck-2"]))
+        .await;
+    assert!(
+        receives(
+            &mut truck,
+            &[0x90, 0x05, 0x00, 0x03, 0x00, 0x01, 0x87],
+            WAIT
+        )
+        .await,
+        "the token's sub rule decides"
+    );
+    server.shutdown().await;
 }

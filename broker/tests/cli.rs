@@ -353,3 +353,73 @@ secret = "{SECRET}"
         "the password hash was printed:\n{stderr}"
     );
 }
+
+#[test]
+fn sighup_reloads_certificates_the_password_file_and_the_acl() {
+    let config = TempConfig::new("sighup", "");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = config.dir.join("server.pem");
+    let key_path = config.dir.join("server.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let passwords = config.dir.join("passwd");
+    let acl = config.dir.join("acl");
+    std::fs::write(&passwords, "").unwrap();
+    std::fs::write(&acl, "topic read public/#\n").unwrap();
+    std::fs::write(
+        &config.path,
+        format!(
+            r##"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+[[listeners]]
+name = "devices"
+transport = "tls"
+listen = "127.0.0.1:0"
+cert_file = "{}"
+key_file = "{}"
+[auth]
+password_file = "{}"
+acl_file = "{}"
+"##,
+            cert_path.display(),
+            key_path.display(),
+            passwords.display(),
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let mut child = tributary()
+        .arg("--config")
+        .arg(&config.path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // Only the process this test started, by its PID.
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert!(log.contains("SIGHUP: reloading"), "{log}");
+    assert!(log.contains("TLS certificate reloaded"), "{log}");
+    assert_eq!(log.matches("reloaded").count(), 3, "{log}");
+}

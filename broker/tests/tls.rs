@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use tributary::listener::config::{ListenerConfig, TransportKind};
-use tributary_bridge::testing::{consume, create_topic, require_kafka, unique_topic};
+use tributary_bridge::testing::{consume, create_topic, header, require_kafka, unique_topic};
 
 /// A TLS listener named `devices` on 127.0.0.1:0 with `server`'s certificate;
 /// client certificates from `client_ca` required when `require` is set.
@@ -99,6 +99,9 @@ async fn mosquitto_clients_publish_and_subscribe_over_mutual_tls_into_kafka() {
     let records = consume(&bootstrap, &topic, 1, Duration::from_secs(20));
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].payload(), Some(&b"over tls"[..]));
+    // The verified certificate's identity travels with the record.
+    assert_eq!(header(&records[0], "mqtt.cert_cn"), Some(&b"device-1"[..]));
+    assert_eq!(header(&records[0], "mqtt.username"), None);
     server.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
