@@ -221,6 +221,12 @@ impl Authenticator {
         Ok(identity(username, token.expires_at, token.acl))
     }
 
+    /// Whether authenticating may take real CPU (a password hash), so it is
+    /// better done off the async workers.
+    pub fn is_costly(&self) -> bool {
+        self.config.password_file.is_some()
+    }
+
     /// How long to wait before refusing a client from `ip`, counting this
     /// failure.
     pub fn failure_delay(&self, ip: IpAddr) -> Duration {

@@ -22,7 +22,7 @@ use super::session::Session;
 use super::session_store::{Expiry, Parked};
 use super::will::PendingWill;
 use super::{Link, LinkContext, DEFAULT_CLIENT_WINDOW};
-use crate::auth::{Access, Credentials, Refusal};
+use crate::auth::{Access, Authenticator, Credentials, Identity, Refusal};
 use crate::events;
 use crate::link::codec::{next_frame, Version, CONNECT};
 use crate::link::will::Will;
@@ -245,6 +245,25 @@ fn assign_client_id() -> String {
     format!("tributary-{started:x}-{n:x}")
 }
 
+/// Who the client on `arrival` is, from the credentials it sent.
+fn authenticate(
+    auth: &Authenticator,
+    arrival: &Arrival,
+    client_id: &str,
+    login: Option<&Login>,
+) -> Result<Identity, Refusal> {
+    let credentials = Credentials {
+        username: login.map(|l| l.username.as_str()),
+        password: login.map(|l| l.password.as_bytes()),
+    };
+    auth.authenticate(
+        &arrival.listener,
+        arrival.cert.as_ref(),
+        client_id,
+        credentials,
+    )
+}
+
 /// Answers a refused CONNECT where MQTT has a way, and counts it.
 async fn refuse(stream: &mut Box<dyn Transport>, peer: std::net::SocketAddr, refused: Refused) {
     if let Some((version, connack)) = refused.connack() {
@@ -278,17 +297,22 @@ pub(super) async fn open(
     };
 
     // Who it is, before any session is touched.
-    let login = connect.login.as_ref();
-    let credentials = Credentials {
-        username: login.map(|l| l.username.as_str()),
-        password: login.map(|l| l.password.as_bytes()),
+    let mut connect = connect;
+    let login = connect.login.take();
+    let decided = if ctx.auth.is_costly() {
+        // Password hashing takes a millisecond or so of CPU: not on the
+        // workers that serve every connection's packets.
+        let (auth, arrival, client_id) =
+            (ctx.auth.clone(), arrival.clone(), connect.client_id.clone());
+        tokio::task::spawn_blocking(move || {
+            authenticate(&auth, &arrival, &client_id, login.as_ref())
+        })
+        .await
+        .unwrap_or(Err(Refusal::NotAuthorized("internal_error")))
+    } else {
+        authenticate(&ctx.auth, &arrival, &connect.client_id, login.as_ref())
     };
-    let identity = match ctx.auth.authenticate(
-        &arrival.listener,
-        arrival.cert.as_ref(),
-        &connect.client_id,
-        credentials,
-    ) {
+    let identity = match decided {
         Ok(identity) => {
             ctx.auth.succeeded(peer.ip());
             Arc::new(identity)
@@ -310,7 +334,6 @@ pub(super) async fn open(
             return None;
         }
     };
-    let mut connect = connect;
     if let Some(will) = &mut connect.will {
         will.username = identity.username.clone();
         will.cert_cn = identity.cert_cn.clone();
