@@ -18,6 +18,10 @@ use tributary_bridge::testing::{consume, create_topic, header, require_kafka, un
 use tributary_wire::packet;
 
 const WAIT: Duration = Duration::from_secs(5);
+
+/// The metrics are the process's: tests that count refusals and denials run
+/// one at a time, so that each sees only its own.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 
 fn string(bytes: &[u8]) -> Vec<u8> {
@@ -143,12 +147,19 @@ pattern readwrite devices/%c/#
 pattern read users/%u/#
 ";
 
+fn refused(reason: &str) -> String {
+    format!(r#"tributary_connections_refused_total{{reason="{reason}"}}"#)
+}
+
+const DENIED_QOS1: &str = r#"tributary_mqtt_publishes_denied_total{qos="1"}"#;
+
 async fn server_with(bootstrap: &str, routes: &[(&str, &str)], auth: AuthConfig) -> Server {
     common::start(bootstrap, routes, move |config| config.auth = auth).await
 }
 
 #[tokio::test]
 async fn mosquitto_passwd_users_get_in_and_wrong_or_missing_credentials_are_refused() {
+    let _serial = SERIAL.lock().await;
     let bootstrap = require_kafka();
     let dir = pki::dir("auth-passwd");
     let passwords = mosquitto_password_file(&dir);
@@ -196,6 +207,10 @@ async fn mosquitto_passwd_users_get_in_and_wrong_or_missing_credentials_are_refu
         (4, None, None, 0x05),
         (5, None, None, 0x87),
     ];
+    let mut refused_before = std::collections::HashMap::new();
+    for reason in ["bad_password", "unknown_user", "anonymous"] {
+        refused_before.insert(reason, common::metric(&server, &refused(reason)).await);
+    }
     let good = connect(4, "good", Some("alice"), Some(b"alice-pw"), None);
     for (i, (version, user, password, expected)) in cases.into_iter().enumerate() {
         let bytes = connect(version, &format!("c{i}"), user, password, None);
@@ -204,11 +219,14 @@ async fn mosquitto_passwd_users_get_in_and_wrong_or_missing_credentials_are_refu
         // A success forgets this address's failures: each case waits little.
         assert_eq!(connack_code(addr, &good).await.0, 0x00);
     }
-    let refused =
-        |reason: &str| format!(r#"tributary_connections_refused_total{{reason="{reason}"}}"#);
-    assert_eq!(common::metric(&server, &refused("bad_password")).await, 3.0);
-    assert_eq!(common::metric(&server, &refused("unknown_user")).await, 1.0);
-    assert_eq!(common::metric(&server, &refused("anonymous")).await, 2.0);
+    for (reason, count) in [
+        ("bad_password", 3.0),
+        ("unknown_user", 1.0),
+        ("anonymous", 2.0),
+    ] {
+        let now = common::metric(&server, &refused(reason)).await;
+        assert_eq!(now - refused_before[reason], count, "{reason}");
+    }
 
     // Each failure from one address waits longer than the one before
     // (100 ms, 200 ms, 400 ms here).
@@ -246,6 +264,7 @@ fn now() -> u64 {
 
 #[tokio::test]
 async fn jwt_tokens_are_verified_and_an_expiring_one_ends_its_connection() {
+    let _serial = SERIAL.lock().await;
     let bootstrap = require_kafka();
     let mut jwt = JwtConfig::new(JwtAlgorithm::Hs256);
     jwt.secret = Some(Secret::new(SECRET));
@@ -317,6 +336,7 @@ async fn jwt_tokens_are_verified_and_an_expiring_one_ends_its_connection() {
 
 #[tokio::test]
 async fn the_acl_decides_subscriptions_publishes_wills_and_deliveries() {
+    let _serial = SERIAL.lock().await;
     let bootstrap = require_kafka();
     let kafka_topic = unique_topic("tributary-acl");
     create_topic(&bootstrap, &kafka_topic, 1).await;
@@ -335,6 +355,7 @@ async fn the_acl_decides_subscriptions_publishes_wills_and_deliveries() {
     )
     .await;
     let addr = server.mqtt_addr();
+    let denied_before = common::metric(&server, DENIED_QOS1).await;
     let login = |version, id: &str, user: &str, password: &[u8]| {
         connect(version, id, Some(user), Some(password), None)
     };
@@ -481,8 +502,8 @@ async fn the_acl_decides_subscriptions_publishes_wills_and_deliveries() {
             "own-device"
         ]
     );
-    let denied = common::metric(&server, r#"tributary_mqtt_publishes_denied_total{qos="1"}"#).await;
-    assert_eq!(denied, 3.0);
+    let denied = common::metric(&server, DENIED_QOS1).await;
+    assert_eq!(denied - denied_before, 3.0);
     // Who published travels with each record.
     let by_payload = |payload: &[u8]| {
         records
@@ -525,6 +546,7 @@ async fn the_acl_decides_subscriptions_publishes_wills_and_deliveries() {
 
 #[tokio::test]
 async fn each_listener_has_its_own_anonymous_setting_and_a_token_carries_its_acl() {
+    let _serial = SERIAL.lock().await;
     use tributary::listener::config::ListenerConfig;
     let bootstrap = require_kafka();
     let mut jwt = JwtConfig::new(JwtAlgorithm::Hs256);
