@@ -122,7 +122,10 @@ impl Listener {
         ctx: Arc<LinkContext>,
     ) {
         let timeout = ctx.config.connect_timeout;
-        let (transport, cert) = match tokio::time::timeout(timeout, self.upgrade(stream)).await {
+        // Boxed: a TLS or WebSocket handshake's state lives only as long as
+        // the handshake, never in the task of an idle connection.
+        let upgrade = Box::pin(self.upgrade(stream));
+        let (transport, cert) = match tokio::time::timeout(timeout, upgrade).await {
             Ok(Ok(upgraded)) => upgraded,
             Ok(Err(reason)) => {
                 events::HandshakeFailed {
