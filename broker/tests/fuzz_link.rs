@@ -341,14 +341,14 @@ async fn fuzz(server: &mut Arc<Server>, settings: &Settings) -> Report {
             }
             eprintln!("fuzz-link: the router died; starting a new server");
             report.restarts += 1;
-            *server = Arc::new(fuzz_server().await);
+            replace_server(server).await;
         } else if next >= fresh_at && next < end {
             while let Some(done) = running.join_next().await {
                 record(&mut report, settings, done.expect("the harness's own task"));
             }
             fresh_at = next.saturating_add(settings.fresh_every);
             report.fresh += 1;
-            *server = Arc::new(fuzz_server().await);
+            replace_server(server).await;
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
@@ -383,6 +383,16 @@ async fn fuzz(server: &mut Arc<Server>, settings: &Settings) -> Report {
         *report.places.entry(record.location).or_default() += 1;
     }
     report
+}
+
+/// Shuts the server down (its tasks end and its memory is returned; a
+/// dropped `Server` would keep running) and starts a new one.
+async fn replace_server(server: &mut Arc<Server>) {
+    let old = std::mem::replace(server, Arc::new(fuzz_server().await));
+    match Arc::try_unwrap(old) {
+        Ok(old) => old.shutdown().await,
+        Err(_) => eprintln!("fuzz-link: the old server is still in use; it keeps running"),
+    }
 }
 
 /// Adds how an input's connections ended to the report.
