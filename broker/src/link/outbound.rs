@@ -173,11 +173,13 @@ impl Outbound {
             let (_, refused) = self.denied.swap_remove(at);
             let code = refused_code(conn.version());
             let mut granted = std::mem::take(&mut ack.return_codes).into_iter();
+            // `refused` is in ascending order: one pass, however many filters.
+            let mut refused = refused.into_iter().peekable();
             let total = refused.len() + granted.len();
             ack.return_codes = (0..total)
-                .map(|i| match refused.contains(&i) {
-                    true => code,
-                    false => granted.next().unwrap_or(code),
+                .map(|i| match refused.next_if_eq(&i) {
+                    Some(_) => code,
+                    None => granted.next().unwrap_or(code),
                 })
                 .collect();
         }
