@@ -13,6 +13,7 @@ pub mod problems;
 pub mod producer;
 pub mod record;
 pub mod route;
+pub mod spool;
 
 pub use config::KafkaConfig;
 pub use health::{spawn_metadata_probe, KafkaHealth, NotReady, Unreachable};
