@@ -32,6 +32,7 @@
     )
 )]
 
+pub mod entry;
 mod error;
 mod files;
 pub mod format;
@@ -39,6 +40,7 @@ mod log;
 mod recovery;
 mod scan;
 
+pub use entry::{EntryError, SpooledRecord};
 pub use error::SpoolError;
 pub use format::Position;
 pub use log::{FsyncPolicy, ReadBatch, Spool, SpoolConfig, SpoolStats};
