@@ -59,7 +59,7 @@ pub struct Identity {
     /// Its verified client certificate's identity (the `mqtt.cert_cn` header).
     pub cert_cn: Option<Arc<str>>,
     /// When its token expires: the connection is closed then.
-    pub expires_at: Option<SystemTime>,
+    pub expires_at: Option<Instant>,
     rules: Rules,
 }
 
@@ -117,6 +117,9 @@ pub struct Credentials<'a> {
 /// The broker's authentication and authorization, shared by every link.
 pub struct Authenticator {
     config: AuthConfig,
+    /// The identity every anonymous client without a certificate shares:
+    /// one allocation, not one per connection.
+    anonymous: Arc<Identity>,
     passwords: Watched<PasswordFile>,
     acl: Watched<Acl>,
     jwt: Option<JwtVerifier>,
@@ -137,8 +140,18 @@ impl Authenticator {
         let acl = Watched::new("ACL", config.acl_file.clone(), |path| {
             Acl::load(path).map_err(|e| e.to_string())
         })?;
+        let anonymous = Arc::new(Identity {
+            username: None,
+            cert_cn: None,
+            expires_at: None,
+            rules: match &acl.current {
+                Some(file) => Rules::File(file.clone()),
+                None => Rules::Open,
+            },
+        });
         Ok(Authenticator {
             config: config.clone(),
+            anonymous,
             passwords,
             acl,
             jwt,
@@ -153,23 +166,26 @@ impl Authenticator {
         cert: Option<&CertIdentity>,
         client_id: &str,
         credentials: Credentials<'_>,
-    ) -> Result<Identity, Refusal> {
+    ) -> Result<Arc<Identity>, Refusal> {
         let cert_cn: Option<Arc<str>> = cert.map(|c| c.name.as_str().into());
         if listener.require_client_id_match && cert_cn.as_deref() != Some(client_id) {
             return Err(Refusal::NotAuthorized("client_id_not_certificate"));
         }
         let identity = |username: Option<Arc<str>>, expires_at, token_acl: Option<TokenAcl>| {
+            if username.is_none() && cert_cn.is_none() && token_acl.is_none() {
+                return self.anonymous.clone();
+            }
             let rules = match (token_acl, &self.acl.current) {
                 (Some(acl), _) => Rules::Token(acl),
                 (None, Some(file)) => Rules::File(file.clone()),
                 (None, None) => Rules::Open,
             };
-            Identity {
+            Arc::new(Identity {
                 username,
                 cert_cn: cert_cn.clone(),
                 expires_at,
                 rules,
-            }
+            })
         };
         if listener.use_identity_as_username {
             if let Some(cn) = &cert_cn {
@@ -218,7 +234,8 @@ impl Authenticator {
             return Err(Refusal::NotAuthorized("client_id_not_token"));
         }
         let username = token.username.map(Arc::from).or(username.map(Arc::from));
-        Ok(identity(username, token.expires_at, token.acl))
+        let expires_at = token.expires_at.map(instant_of);
+        Ok(identity(username, expires_at, token.acl))
     }
 
     /// Whether authenticating may take real CPU (a password hash), so it is
@@ -334,6 +351,17 @@ impl<T> Watched<T> {
             .emit(),
         }
     }
+}
+
+/// The monotonic instant of a wall-clock time (now, if it has passed; far
+/// away, if the clock cannot reach it).
+fn instant_of(at: SystemTime) -> Instant {
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    let now = Instant::now();
+    now.checked_add(left)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 fn stamp(path: &Path) -> Option<(Option<SystemTime>, u64)> {

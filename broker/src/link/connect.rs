@@ -251,7 +251,7 @@ fn authenticate(
     arrival: &Arrival,
     client_id: &str,
     login: Option<&Login>,
-) -> Result<Identity, Refusal> {
+) -> Result<Arc<Identity>, Refusal> {
     let credentials = Credentials {
         username: login.map(|l| l.username.as_str()),
         password: login.map(|l| l.password.as_bytes()),
@@ -315,7 +315,7 @@ pub(super) async fn open(
     let identity = match decided {
         Ok(identity) => {
             ctx.auth.succeeded(peer.ip());
-            Arc::new(identity)
+            identity
         }
         Err(refusal) => {
             // Each failure from this address waits longer: a brute force
@@ -398,18 +398,9 @@ pub(super) async fn open(
     };
     let awaiting_pubrel = std::mem::take(&mut session.awaiting_pubrel);
     let port = Port::new(ctx.router.clone(), registration.generation(), router);
-    let expires = identity.expires_at.map(|at| {
-        let left = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        std::time::Instant::now()
-            .checked_add(left)
-            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400))
-    });
     let mut link = Link {
         client_id: connect.client_id.clone(),
         identity,
-        expires,
         // [MQTT-3.1.2-24]: one and a half times the interval.
         keep_alive: match ctx.config.keep_alive(connect.keep_alive) {
             0 => None,

@@ -113,10 +113,9 @@ enum Event {
 struct Link {
     ctx: Arc<LinkContext>,
     client_id: Arc<str>,
-    /// Who the client authenticated as, and what its ACL lets it do.
+    /// Who the client authenticated as, what its ACL lets it do, and when
+    /// its token expires.
     identity: Arc<Identity>,
-    /// When its token expires, if it came with one.
-    expires: Option<Instant>,
     keep_alive: Option<Duration>,
     will: PendingWill,
     conn: Connection,
@@ -253,8 +252,14 @@ impl Link {
             () = tokio::time::sleep(BUDGET_RECHECK), if budget_exhausted => Event::Turn,
             read = self.conn.read(), if can_read => Event::Read(matches!(read, Ok(n) if n > 0)),
             said = self.port.next(), if take_from_router => Event::Router(said),
-            () = sleep_until(keep_alive_deadline) => Event::End(End::KeepAliveTimeout),
-            () = sleep_until(self.expires) => Event::End(End::TokenExpired),
+            // One timer for both deadlines: an idle connection's task carries
+            // one sleep, not two.
+            () = sleep_until(earliest(keep_alive_deadline, self.identity.expires_at)) => {
+                match self.identity.expires_at {
+                    Some(expires) if Instant::now() >= expires => Event::End(End::TokenExpired),
+                    _ => Event::End(End::KeepAliveTimeout),
+                }
+            }
         }
     }
 
@@ -469,6 +474,14 @@ fn ended(end: End, registration: Registration) {
     .emit();
     // Last: a successor waiting to take over may now find the stored session.
     drop(registration);
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

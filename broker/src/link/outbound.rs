@@ -41,6 +41,9 @@ struct RetainedDue {
 /// never a device's, which are non-zero [MQTT-2.2.1-3].
 pub const OWN_PKID: u16 = 0;
 
+/// A SUBSCRIBE's packet id and the positions of its filters the ACL refused.
+type Refused = (u16, Vec<usize>);
+
 pub struct Outbound {
     /// Subscriptions and the outbox: what may outlive this connection.
     session: Session,
@@ -58,7 +61,7 @@ pub struct Outbound {
     aliases: Option<Box<TopicAliases>>,
     /// SUBSCRIBEs some of whose filters the ACL refused, by packet id: the
     /// positions refused, merged into the router's SUBACK.
-    denied: Vec<(u16, Vec<usize>)>,
+    denied: Vec<Refused>,
 }
 
 impl Outbound {

@@ -16,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -114,44 +115,45 @@ impl Listener {
     }
 
     /// Serves one accepted socket: the transport's handshake, bounded by the
-    /// connect timeout, then MQTT to the connection's end.
-    pub async fn serve(
+    /// connect timeout, then MQTT to the connection's end. Combinators, not
+    /// an async fn: once the handshake is done the task holds the link's
+    /// future alone, and the handshake's state (boxed, with its timer) is
+    /// gone.
+    pub fn serve(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         ctx: Arc<LinkContext>,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let timeout = ctx.config.connect_timeout;
-        // Boxed: a TLS or WebSocket handshake's state lives only as long as
-        // the handshake, never in the task of an idle connection.
-        let upgrade = Box::pin(self.upgrade(stream));
-        let (transport, cert) = match tokio::time::timeout(timeout, upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(reason)) => {
-                events::HandshakeFailed {
-                    peer,
-                    listener: &self.name,
-                    reason,
+        let listener = self.clone();
+        let handshake =
+            Box::pin(async move { tokio::time::timeout(timeout, listener.upgrade(stream)).await });
+        handshake.then(move |upgraded| {
+            let upgraded = match upgraded {
+                Ok(upgraded) => upgraded,
+                Err(_) => Err("handshake_timeout"),
+            };
+            match upgraded {
+                Ok((transport, cert)) => {
+                    let arrival = Arrival {
+                        peer,
+                        listener: self.auth.clone(),
+                        cert,
+                    };
+                    Either::Left(crate::link::serve(transport, arrival, ctx))
                 }
-                .emit();
-                return;
-            }
-            Err(_) => {
-                events::HandshakeFailed {
-                    peer,
-                    listener: &self.name,
-                    reason: "handshake_timeout",
+                Err(reason) => {
+                    events::HandshakeFailed {
+                        peer,
+                        listener: &self.name,
+                        reason,
+                    }
+                    .emit();
+                    Either::Right(std::future::ready(()))
                 }
-                .emit();
-                return;
             }
-        };
-        let arrival = Arrival {
-            peer,
-            listener: self.auth.clone(),
-            cert,
-        };
-        crate::link::serve(transport, arrival, ctx).await;
+        })
     }
 
     /// The transport's handshake; the reason label when it fails.

@@ -22,7 +22,9 @@ const LANE_SWITCH_WAIT: std::time::Duration = std::time::Duration::from_millis(1
 pub struct Port {
     router: EmbeddedRouter,
     lane: Lane,
-    link: Option<RouterLink>,
+    /// Boxed: most connections never subscribe, and the port lives in
+    /// every idle connection's task.
+    link: Option<Box<RouterLink>>,
     to_lane: Vec<Packet>,
     to_link: Vec<Packet>,
 }
@@ -34,7 +36,7 @@ impl Port {
         Port {
             lane: router.lane(key),
             router,
-            link,
+            link: link.map(Box::new),
             to_lane: Vec::new(),
             to_link: Vec::new(),
         }
@@ -79,7 +81,7 @@ impl Port {
                 // What this connection put on the lane reaches the router
                 // before what it puts on its link.
                 self.lane.taken(LANE_SWITCH_WAIT).await;
-                self.link.insert(opened)
+                self.link.insert(Box::new(opened))
             }
         };
         let batch = std::mem::take(&mut self.to_link);
@@ -105,6 +107,6 @@ impl Port {
 
     /// The connection's own link, for a session that outlives it.
     pub fn into_link(self) -> Option<RouterLink> {
-        self.link
+        self.link.map(|link| *link)
     }
 }
