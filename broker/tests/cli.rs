@@ -59,6 +59,16 @@ kafka_topic = "sensors"
 /// Runs Tributary on `config` for `how_long` with its log going to a pipe, as
 /// under a service manager; returns the log.
 fn log_of_a_run(config: &TempConfig, how_long: Duration) -> String {
+    let (mut child, reader) = run_with_log(config);
+    std::thread::sleep(how_long);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+/// Starts Tributary on `config`, its log read by a thread while it runs (so
+/// a chatty log cannot fill the pipe and stall it); joined once it ends.
+fn run_with_log(config: &TempConfig) -> (std::process::Child, std::thread::JoinHandle<String>) {
     let mut child = tributary()
         .arg("--config")
         .arg(&config.path)
@@ -67,16 +77,12 @@ fn log_of_a_run(config: &TempConfig, how_long: Duration) -> String {
         .spawn()
         .unwrap();
     let mut stderr = child.stderr.take().unwrap();
-    // Read while it runs, so a chatty log cannot fill the pipe and stall it.
     let reader = std::thread::spawn(move || {
         let mut log = String::new();
         let _ = stderr.read_to_string(&mut log);
         log
     });
-    std::thread::sleep(how_long);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap()
+    (child, reader)
 }
 
 impl Drop for TempConfig {
@@ -395,19 +401,7 @@ acl_file = "{}"
         ),
     )
     .unwrap();
-    let mut child = tributary()
-        .arg("--config")
-        .arg(&config.path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        let _ = stderr.read_to_string(&mut log);
-        log
-    });
+    let (mut child, reader) = run_with_log(&config);
     std::thread::sleep(Duration::from_secs(2));
     // Only the process this test started, by its PID.
     let status = Command::new("kill")
