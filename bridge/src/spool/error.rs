@@ -78,6 +78,11 @@ pub enum SpoolError {
 
     #[error("invalid spool configuration: {0}")]
     Config(&'static str),
+
+    /// The spool's thread is gone (it stops only when every handle is
+    /// dropped, or if it panicked).
+    #[error("the spool's thread has stopped")]
+    Stopped,
 }
 
 impl SpoolError {

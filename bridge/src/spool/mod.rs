@@ -39,9 +39,11 @@ pub mod format;
 mod log;
 mod recovery;
 mod scan;
+mod worker;
 
 pub use entry::{EntryError, SpooledRecord};
 pub use error::SpoolError;
 pub use format::Position;
 pub use log::{FsyncPolicy, ReadBatch, Spool, SpoolConfig, SpoolStats};
 pub use recovery::{CorruptRange, Recovery};
+pub use worker::{SpoolHandle, SpoolThread};
