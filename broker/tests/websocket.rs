@@ -109,3 +109,66 @@ async fn paho_publishes_over_websocket_and_secure_websocket_into_kafka() {
     server.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn hostile_bytes_on_tls_and_websocket_listeners_close_only_their_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bootstrap = require_kafka();
+    let dir = pki::dir("ws-hostile");
+    let ca = Ca::new(&dir, "ca");
+    let server_cert = ca.server(&dir, "tributary");
+    let server = common::start(&bootstrap, &[], |config| {
+        config.mqtt.connect_timeout_ms = 1_000;
+        config.listeners = vec![
+            ListenerConfig {
+                name: "ws".into(),
+                transport: TransportKind::Ws,
+                ..ListenerConfig::plain("127.0.0.1:0")
+            },
+            ListenerConfig {
+                name: "tls".into(),
+                transport: TransportKind::Tls,
+                cert_file: Some(server_cert.cert_path.clone()),
+                key_file: Some(server_cert.key_path.clone()),
+                ..ListenerConfig::plain("127.0.0.1:0")
+            },
+        ];
+    })
+    .await;
+    let inputs: [&[u8]; 6] = [
+        b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00", // plain MQTT on a TLS/WS port
+        b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n",        // HTTP without the upgrade
+        b"\x16\x03\x01\xff\xff\x01\x00\xff\xfb",         // a TLS record that lies about its length
+        &[0u8; 4096],
+        &[0xffu8; 70_000],
+        b"", // nothing at all: the timeout
+    ];
+    for name in ["ws", "tls"] {
+        let addr = server.listener_addr(name).unwrap();
+        for (i, input) in inputs.iter().enumerate() {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = stream.write_all(input).await;
+            let mut sink = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+            assert!(
+                closed.is_ok(),
+                "{name} input {i}: the connection was not closed"
+            );
+        }
+    }
+    // Every one failed its handshake and was counted; nothing panicked, and
+    // the listeners still serve a real client.
+    let panicked = common::metric(
+        &server,
+        r#"tributary_connections_closed_total{reason="internal_error"}"#,
+    )
+    .await;
+    assert_eq!(panicked, 0.0);
+    let ws = server.listener_addr("ws").unwrap().port().to_string();
+    let (acknowledged, stderr) =
+        paho(&["127.0.0.1", &ws, "/mqtt", "5", "1", "after/hostile", "x"]).await;
+    assert!(acknowledged, "{stderr}");
+    server.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
