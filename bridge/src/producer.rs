@@ -52,6 +52,14 @@ pub enum DeliveryError {
     /// The producer went away before reporting (shutdown).
     #[error("the producer stopped before Kafka reported on the record")]
     Canceled,
+    /// The spool is at `max_bytes` (or the disk is full): the record is
+    /// neither in Kafka nor durably spooled.
+    #[error("the spool is full")]
+    SpoolFull,
+    /// The spool could not make the record durable (an I/O error, a failed
+    /// fsync, its thread gone).
+    #[error("the spool could not store the record")]
+    SpoolFailed,
 }
 
 /// What kind of failure a [`DeliveryError`] is: the one outcome type the
@@ -73,6 +81,10 @@ pub enum DeliveryFailure {
     Canceled,
     /// Any other error Kafka or librdkafka reported.
     Kafka,
+    /// The spool is full.
+    SpoolFull,
+    /// The spool could not store the record.
+    SpoolFailed,
 }
 
 impl DeliveryFailure {
@@ -86,6 +98,8 @@ impl DeliveryFailure {
             DeliveryFailure::QueueFull => "queue_full",
             DeliveryFailure::Canceled => "canceled",
             DeliveryFailure::Kafka => "kafka_error",
+            DeliveryFailure::SpoolFull => "spool_full",
+            DeliveryFailure::SpoolFailed => "spool_failed",
         }
     }
 
@@ -106,6 +120,8 @@ impl DeliveryError {
         let code = match self {
             DeliveryError::QueueFull(_) => return DeliveryFailure::QueueFull,
             DeliveryError::Canceled => return DeliveryFailure::Canceled,
+            DeliveryError::SpoolFull => return DeliveryFailure::SpoolFull,
+            DeliveryError::SpoolFailed => return DeliveryFailure::SpoolFailed,
             DeliveryError::Rejected(code) | DeliveryError::NotQueued(code) => *code,
         };
         match code {

@@ -51,6 +51,7 @@ const SECTIONS: &[&str] = &[
     "mqtt",
     "listeners",
     "auth",
+    "spool",
     "http",
     "log",
     "kafka",
@@ -65,6 +66,7 @@ pub struct Config {
     /// `[[listeners]]`; empty means one plain listener on `mqtt.listen`.
     pub listeners: Vec<ListenerConfig>,
     pub auth: AuthConfig,
+    pub spool: tributary_bridge::spool::SpoolSettings,
     pub http: HttpConfig,
     pub log: LogConfig,
     pub kafka: KafkaConfig,
@@ -269,6 +271,7 @@ impl Config {
             mqtt: section(layered, "mqtt", &mut problems),
             listeners: entries(layered, "listeners", &mut problems),
             auth: section(layered, "auth", &mut problems),
+            spool: section(layered, "spool", &mut problems),
             http: section(layered, "http", &mut problems),
             log: section(layered, "log", &mut problems),
             kafka: section(layered, "kafka", &mut problems),
@@ -302,6 +305,7 @@ impl Config {
     pub fn validate(&self, problems: &mut Problems) {
         validate_listeners(&self.listeners, problems);
         self.auth.validate(problems);
+        self.spool.validate(problems);
         // A certificate that does not load is found now, not at start.
         for (i, listener) in self.listeners.iter().enumerate() {
             if let Some(files) = crate::listener::tls::TlsFiles::of(listener) {

@@ -209,6 +209,33 @@ impl DeliveryDenied {
     }
 }
 
+/// The spool opened (`[spool] enabled`), with what recovery found.
+pub struct SpoolOpened<'a> {
+    pub dir: &'a std::path::Path,
+    pub recovery: &'a tributary_bridge::spool::Recovery,
+}
+
+impl SpoolOpened<'_> {
+    pub fn emit(self) {
+        let r = self.recovery;
+        tracing::info!(
+            dir = %self.dir.display(),
+            pending_records = r.records,
+            pending_bytes = r.bytes,
+            truncated_bytes = r.truncated_bytes,
+            corrupt_records = r.corrupt_records,
+            "spool open: routed QoS 1/2 records are written ahead and acknowledged once durable"
+        );
+        if r.truncated_bytes > 0 || r.corrupt_records > 0 {
+            tracing::warn!(
+                truncated_bytes = r.truncated_bytes,
+                corrupt_records = r.corrupt_records,
+                "the spool was damaged (a torn tail is what a crash leaves; corrupt records were moved to corrupt/)"
+            );
+        }
+    }
+}
+
 /// `accept()` itself failed (e.g. out of file descriptors).
 pub struct AcceptFailed<'a> {
     pub error: &'a io::Error,

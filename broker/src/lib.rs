@@ -197,6 +197,32 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         registry.clone(),
         retained.clone(),
     );
+    let spool = if config.spool.enabled {
+        let settings = config.spool.log_config();
+        let (spool, _thread, recovery) = tokio::task::spawn_blocking(move || {
+            tributary_bridge::spool::SpoolHandle::start(settings)
+        })
+        .await
+        .context("opening the spool")?
+        .with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?;
+        events::SpoolOpened {
+            dir: &config.spool.dir,
+            recovery: &recovery,
+        }
+        .emit();
+        let drain = tokio::spawn(tributary_bridge::spool::drain(
+            spool.clone(),
+            producer.clone(),
+        ));
+        let stop_drain = shutdown.clone();
+        tokio::spawn(async move {
+            stop_drain.cancelled().await;
+            drain.abort();
+        });
+        Some(spool)
+    } else {
+        None
+    };
     let auth = Arc::new(auth::Authenticator::new(&config.auth)?);
     reloadable.push(auth.clone() as Arc<dyn reload::Reload>);
     let context = Arc::new(LinkContext {
@@ -212,6 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         retained,
         shares: Arc::default(),
         auth,
+        spool,
     });
 
     // One connection limit across every listener.

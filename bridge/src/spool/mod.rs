@@ -32,6 +32,8 @@
     )
 )]
 
+pub mod config;
+mod drain;
 pub mod entry;
 mod error;
 mod files;
@@ -41,9 +43,11 @@ mod recovery;
 mod scan;
 mod worker;
 
+pub use config::SpoolSettings;
+pub use drain::drain;
 pub use entry::{EntryError, SpooledRecord};
 pub use error::SpoolError;
 pub use format::Position;
 pub use log::{FsyncPolicy, ReadBatch, Spool, SpoolConfig, SpoolStats};
 pub use recovery::{CorruptRange, Recovery};
-pub use worker::{SpoolHandle, SpoolThread};
+pub use worker::{SpoolAck, SpoolHandle, SpoolThread};

@@ -17,6 +17,10 @@ use tokio::sync::oneshot;
 use super::log::{FsyncPolicy, ReadBatch, Spool, SpoolConfig, SpoolStats};
 use super::{Position, Recovery, SpoolError};
 
+/// The spool's answer to one append: the position of its last entry once
+/// durable.
+pub type SpoolAck = oneshot::Receiver<Result<Position, SpoolError>>;
+
 /// Requests waiting for the spool's thread at most; past it callers wait
 /// (the backpressure of a slow disk).
 const QUEUE: usize = 1024;
@@ -83,7 +87,21 @@ impl SpoolHandle {
     /// Appends `entries` in order; answered once they are durable (with
     /// `FsyncPolicy::Always`), with the position of the last one.
     pub async fn append(&self, entries: Vec<Vec<u8>>) -> Result<Position, SpoolError> {
-        self.ask(|reply| Command::Append { entries, reply }).await?
+        self.submit(entries)
+            .await?
+            .await
+            .map_err(|_| SpoolError::Stopped)?
+    }
+
+    /// Hands `entries` to the spool's thread now (so appends keep the order
+    /// of the calls) and returns the answer to wait for.
+    pub async fn submit(&self, entries: Vec<Vec<u8>>) -> Result<SpoolAck, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send_async(Command::Append { entries, reply })
+            .await
+            .map_err(|_| SpoolError::Stopped)?;
+        Ok(answer)
     }
 
     /// Entries from `from` on, in append order (see [`Spool::read`]).

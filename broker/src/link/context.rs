@@ -59,4 +59,7 @@ pub struct LinkContext {
     pub shares: Arc<shares::Shares>,
     /// Authentication at CONNECT, and the ACL behind each identity.
     pub auth: Arc<crate::auth::Authenticator>,
+    /// The spool, when `[spool]` is enabled: routed QoS 1/2 records are
+    /// written ahead to it and acknowledged once durable there.
+    pub spool: Option<tributary_bridge::spool::SpoolHandle>,
 }

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use tributary_bridge::spool::{SpoolAck, SpoolError};
 use tributary_bridge::{DeliveryError, PendingDelivery};
 
 use crate::events;
@@ -102,17 +103,40 @@ impl<T, R: Future> Drop for Gate<T, R> {
     }
 }
 
+/// One report a publish waits for: Kafka's on a record, or the spool's on
+/// the records of all its routes (durable there, so they will reach Kafka).
+pub enum Report {
+    Kafka(PendingDelivery),
+    Spooled(SpoolAck),
+}
+
+impl Future for Report {
+    type Output = Result<(), DeliveryError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Report::Kafka(delivery) => Pin::new(delivery).poll(cx).map(|r| r.map(|_| ())),
+            Report::Spooled(ack) => Pin::new(ack).poll(cx).map(|answer| match answer {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(SpoolError::Full { .. } | SpoolError::BatchTooLarge { .. }))
+                | Ok(Err(SpoolError::DiskFull { .. })) => Err(DeliveryError::SpoolFull),
+                Ok(Err(_)) | Err(_) => Err(DeliveryError::SpoolFailed),
+            }),
+        }
+    }
+}
+
 /// The report of a publish routed to Kafka: ready once every matching route's
 /// delivery report is in, positive only if all of them are. With no routes it
 /// is ready at once; a record that could not even be queued makes it a
 /// failure at once.
 pub struct AllDelivered {
-    pending: Vec<Option<PendingDelivery>>,
+    pending: Vec<Option<Report>>,
     failed: Option<DeliveryError>,
 }
 
 impl AllDelivered {
-    pub fn new(deliveries: Result<Vec<PendingDelivery>, DeliveryError>) -> AllDelivered {
+    pub fn new(deliveries: Result<Vec<Report>, DeliveryError>) -> AllDelivered {
         match deliveries {
             Ok(pending) => AllDelivered {
                 pending: pending.into_iter().map(Some).collect(),

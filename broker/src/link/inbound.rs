@@ -18,11 +18,12 @@ use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecReason, PubRel, Publish, PublishProperties,
 };
-use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, PendingDelivery, Record};
+use tributary_bridge::spool::SpooledRecord;
+use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, Record};
 
 use super::codec::{self, Version};
 use super::connection::Connection;
-use super::gate::{AllDelivered, Gate, Released};
+use super::gate::{AllDelivered, Gate, Released, Report};
 use super::origin::Origin;
 use super::retained::RetainedMessage;
 use super::{valid_topic_name, End, LinkContext, TOPIC_ALIAS_MAX};
@@ -451,14 +452,19 @@ impl From<Option<DeliveryFailure>> for AckReason {
     fn from(failure: Option<DeliveryFailure>) -> AckReason {
         match failure {
             None => AckReason::Success,
-            Some(DeliveryFailure::QueueFull) => AckReason::QuotaExceeded,
+            Some(DeliveryFailure::QueueFull | DeliveryFailure::SpoolFull) => {
+                AckReason::QuotaExceeded
+            }
             Some(DeliveryFailure::NotAuthorized) => AckReason::NotAuthorized,
             Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
                 AckReason::ImplementationSpecific
             }
-            Some(DeliveryFailure::Timeout | DeliveryFailure::Canceled | DeliveryFailure::Kafka) => {
-                AckReason::Unspecified
-            }
+            Some(
+                DeliveryFailure::Timeout
+                | DeliveryFailure::Canceled
+                | DeliveryFailure::Kafka
+                | DeliveryFailure::SpoolFailed,
+            ) => AckReason::Unspecified,
         }
     }
 }
@@ -486,15 +492,29 @@ impl AckReason {
 }
 
 /// Queues one record per route `message` matches, in order.
-async fn produce(
-    ctx: &LinkContext,
-    message: &MqttPublish,
-) -> Result<Vec<PendingDelivery>, DeliveryError> {
+async fn produce(ctx: &LinkContext, message: &MqttPublish) -> Result<Vec<Report>, DeliveryError> {
     let routes = ctx.routes.matches(&message.topic);
+    if let (Some(spool), true) = (&ctx.spool, message.qos > 0 && !routes.is_empty()) {
+        // Written ahead: acknowledged once durable in the spool, from which
+        // the drain produces it to Kafka in order.
+        let entries = routes
+            .into_iter()
+            .map(|route| {
+                let mut entry = Vec::new();
+                SpooledRecord::of(&Record::build(route, message)).encode(&mut entry);
+                entry
+            })
+            .collect();
+        let ack = spool
+            .submit(entries)
+            .await
+            .map_err(|_| DeliveryError::SpoolFailed)?;
+        return Ok(vec![Report::Spooled(ack)]);
+    }
     let mut deliveries = Vec::with_capacity(routes.len());
     for route in routes {
         let record = Record::build(route, message);
-        deliveries.push(ctx.producer.enqueue(record).await?);
+        deliveries.push(Report::Kafka(ctx.producer.enqueue(record).await?));
     }
     Ok(deliveries)
 }
