@@ -131,3 +131,140 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
     drop(kafka);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A Tributary process of this test's own, with its log read as it runs.
+struct Process {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Process {
+    fn start(config: &std::path::Path) -> Process {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Process { child, lines }
+    }
+
+    /// The MQTT port it says it listens on.
+    fn mqtt_addr(&self) -> std::net::SocketAddr {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) else {
+                continue;
+            };
+            if line.contains("listener=\"mqtt\"") || line.contains("listener=mqtt") {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    return addr.trim().parse().unwrap();
+                }
+            }
+        }
+        panic!("Tributary did not say where it listens");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SIGKILL: no goodbye, no flush.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_while_spooling_loses_nothing_acknowledged() {
+    let kafka = common::OwnKafka::start(KAFKA_PORT + 2);
+    let bootstrap = kafka.bootstrap();
+    let topic = unique_topic("tributary-spool-kill");
+    create_topic(&bootstrap, &topic, 1).await;
+    let dir = common::pki::dir("spool-kill");
+    let config = dir.join("tributary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+delivery_timeout_ms = 3000
+[spool]
+enabled = true
+dir = "{}"
+[[routes]]
+name = "spooled"
+mqtt_filters = ["spooled/#"]
+kafka_topic = "{topic}"
+key = "client_id"
+"#,
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+
+    kafka.stop();
+    let first = Process::start(&config);
+    let addr = first.mqtt_addr();
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&connect(4, "killed-while-spooling")).await;
+    assert!(raw
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    for i in 1..=MESSAGES {
+        raw.send(&publish_qos1(
+            4,
+            "spooled/dev",
+            i,
+            format!("k-{i:02}").as_bytes(),
+        ))
+        .await;
+        let puback = [0x40, 0x02, (i >> 8) as u8, i as u8];
+        assert!(
+            raw.read_until(&puback, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "no PUBACK for k-{i:02}"
+        );
+    }
+    // Killed with everything acknowledged and nothing in Kafka.
+    drop(first);
+
+    kafka.restart();
+    let second = Process::start(&config);
+    let _ = second.mqtt_addr();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let payloads = loop {
+        let records = consume(&bootstrap, &topic, 10_000, Duration::from_secs(5));
+        let payloads: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
+            .collect();
+        if payloads.len() >= MESSAGES as usize || std::time::Instant::now() > deadline {
+            break payloads;
+        }
+    };
+    let expected: Vec<String> = (1..=MESSAGES).map(|i| format!("k-{i:02}")).collect();
+    assert_eq!(payloads, expected, "after a SIGKILL and a restart");
+    drop(second);
+    drop(kafka);
+    let _ = std::fs::remove_dir_all(dir);
+}
