@@ -1,27 +1,42 @@
 //! The drain: what the spool holds goes to Kafka, in order, and is
 //! committed away only once Kafka has acknowledged it.
 //!
-//! Never commits a record Kafka has not acknowledged. A batch that fails is
-//! produced again from its start after a pause, so records of it that did
-//! reach Kafka the first time reach it twice (at least once, in order of
-//! first delivery).
+//! Never commits a record Kafka has not acknowledged. Up to 8 batches are
+//! in Kafka's hands at once; when one fails it is produced again from its
+//! start after a pause, with everything after it, so records that did reach
+//! Kafka the first time reach it twice (at least once, in order of first
+//! delivery).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use super::{SpoolError, SpoolHandle, SpooledRecord};
+use super::{Position, SpoolError, SpoolHandle, SpooledRecord};
 use crate::events::RouteMetrics;
 use crate::record::Record;
-use crate::Producer;
+use crate::{PendingDelivery, Producer};
 
 /// Entries read (and produced) at once.
 const BATCH: usize = 500;
 /// Bytes read at once.
 const BATCH_BYTES: usize = 8 << 20;
+/// Batches produced and not yet acknowledged, at most: Kafka works on the
+/// next ones while the oldest is awaited.
+const PIPELINE: usize = 8;
 /// How often an empty spool is looked at again.
 const IDLE_POLL: Duration = Duration::from_millis(10);
 /// Pause before a failed batch is produced again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One batch handed to the producer.
+struct InFlight {
+    /// Where to read again if it fails.
+    first: Position,
+    /// What to commit once Kafka has all of it.
+    last: Position,
+    reports: Vec<PendingDelivery>,
+    /// A record could not even be queued.
+    failed: bool,
+}
 
 /// Runs until the spool's thread stops.
 pub async fn drain(spool: SpoolHandle, producer: Producer) {
@@ -30,69 +45,100 @@ pub async fn drain(spool: SpoolHandle, producer: Producer) {
         Ok((_, start)) => start,
         Err(_) => return,
     };
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     loop {
-        let batch = match spool.read(from, BATCH, BATCH_BYTES).await {
-            Ok(batch) => batch,
-            Err(SpoolError::Stopped) => return,
-            Err(error) => {
-                tracing::error!(%error, "cannot read the spool; trying again");
-                tokio::time::sleep(RETRY_AFTER).await;
-                continue;
+        while in_flight.len() < PIPELINE {
+            let batch = match spool.read(from, BATCH, BATCH_BYTES).await {
+                Ok(batch) => batch,
+                Err(SpoolError::Stopped) => return,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the spool; trying again");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    break;
+                }
+            };
+            let (Some((first, _)), Some((last, _))) = (batch.entries.first(), batch.entries.last())
+            else {
+                from = batch.next;
+                break;
+            };
+            let mut produced = InFlight {
+                first: *first,
+                last: *last,
+                reports: Vec::with_capacity(batch.entries.len()),
+                failed: false,
+            };
+            for (position, bytes) in &batch.entries {
+                let Some(record) = record_of(position, bytes, &mut metrics) else {
+                    continue;
+                };
+                match producer.enqueue(record).await {
+                    Ok(report) => produced.reports.push(report),
+                    Err(_) => {
+                        produced.failed = true;
+                        break;
+                    }
+                }
             }
-        };
-        let Some(last) = batch.entries.last().map(|(position, _)| *position) else {
             from = batch.next;
+            let failed = produced.failed;
+            in_flight.push_back(produced);
+            if failed {
+                break;
+            }
+        }
+        let Some(oldest) = in_flight.pop_front() else {
             tokio::time::sleep(IDLE_POLL).await;
             continue;
         };
-        let mut reports = Vec::with_capacity(batch.entries.len());
-        let mut delivered = true;
-        for (position, bytes) in &batch.entries {
-            let spooled = match SpooledRecord::decode(bytes) {
-                Ok(spooled) => spooled,
-                Err(error) => {
-                    // Checked by its CRC, yet not an entry this version
-                    // wrote: kept in the log's history, never produced.
-                    tracing::error!(%error, %position, "a spool entry cannot be read; skipped");
-                    continue;
-                }
-            };
-            let metrics = metrics
-                .entry(spooled.route.clone())
-                .or_insert_with(|| RouteMetrics::register(&spooled.route))
-                .clone();
-            let record = Record {
-                route: spooled.route.as_str().into(),
-                metrics,
-                topic: spooled.topic.as_str().into(),
-                key: spooled.key.clone(),
-                payload: spooled.payload.clone(),
-                headers: spooled.owned_headers(),
-            };
-            match producer.enqueue(record).await {
-                Ok(report) => reports.push(report),
-                Err(_) => {
-                    delivered = false;
-                    break;
-                }
-            }
-        }
-        for report in reports {
+        let mut delivered = !oldest.failed;
+        for report in oldest.reports {
             if report.await.is_err() {
                 delivered = false;
             }
         }
         if !delivered {
+            // What was produced after it goes again too, after it: order
+            // of first delivery is kept.
+            in_flight.clear();
+            from = oldest.first;
             tokio::time::sleep(RETRY_AFTER).await;
             continue;
         }
-        match spool.commit(last).await {
-            Ok(()) => from = batch.next,
+        match spool.commit(oldest.last).await {
+            Ok(()) => {}
             Err(SpoolError::Stopped) => return,
-            Err(error) => {
-                tracing::error!(%error, "cannot commit the spool; trying again");
-                tokio::time::sleep(RETRY_AFTER).await;
-            }
+            Err(error) => tracing::error!(%error, "cannot commit the spool; going on"),
         }
     }
+}
+
+/// The Kafka record a spool entry holds; `None` (logged) for one this
+/// version cannot read.
+fn record_of(
+    position: &Position,
+    bytes: &[u8],
+    metrics: &mut HashMap<String, RouteMetrics>,
+) -> Option<Record> {
+    let spooled = match SpooledRecord::decode(bytes) {
+        Ok(spooled) => spooled,
+        Err(error) => {
+            // Checked by its CRC, yet not an entry this version wrote:
+            // kept in the log's history, never produced.
+            tracing::error!(%error, %position, "a spool entry cannot be read; skipped");
+            return None;
+        }
+    };
+    let metrics = metrics
+        .entry(spooled.route.clone())
+        .or_insert_with(|| RouteMetrics::register(&spooled.route))
+        .clone();
+    Some(Record {
+        route: spooled.route.as_str().into(),
+        metrics,
+        topic: spooled.topic.as_str().into(),
+        key: spooled.key.clone(),
+        payload: spooled.payload.clone(),
+        headers: spooled.owned_headers(),
+    })
 }
