@@ -24,6 +24,47 @@ pub const KAFKA_QUEUED_RECORDS: &str = "tributary_kafka_queued_records";
 /// a delivery or a metadata fetch succeeds again.
 pub const KAFKA_UP: &str = "tributary_kafka_up";
 
+/// Bytes of the spool's files on disk.
+pub const SPOOL_BYTES: &str = "tributary_spool_bytes";
+/// Records in the spool not yet in Kafka.
+pub const SPOOL_RECORDS: &str = "tributary_spool_records";
+/// Age of the oldest record in the spool not yet in Kafka, in seconds (0
+/// when there is none).
+pub const SPOOL_OLDEST_SECONDS: &str = "tributary_spool_oldest_seconds";
+/// Records the drain saw Kafka acknowledge and removed from the spool.
+pub const SPOOL_DRAINED_TOTAL: &str = "tributary_spool_drained_total";
+
+/// What the spool holds now.
+pub struct SpoolState<'a> {
+    pub stats: &'a crate::spool::SpoolStats,
+}
+
+impl SpoolState<'_> {
+    pub fn emit(self) {
+        metrics::gauge!(SPOOL_BYTES).set(self.stats.bytes_on_disk as f64);
+        metrics::gauge!(SPOOL_RECORDS).set(self.stats.records_pending as f64);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let oldest = self
+            .stats
+            .oldest_pending_appended_at_ms
+            .map_or(0.0, |at| now_ms.saturating_sub(at) as f64 / 1000.0);
+        metrics::gauge!(SPOOL_OLDEST_SECONDS).set(oldest);
+    }
+}
+
+/// The drain removed `records` Kafka acknowledged from the spool.
+pub struct SpoolDrained {
+    pub records: usize,
+}
+
+impl SpoolDrained {
+    pub fn emit(self) {
+        metrics::counter!(SPOOL_DRAINED_TOTAL).increment(self.records as u64);
+    }
+}
+
 /// One route's delivery metrics, registered once: the hot path only bumps
 /// handles (no label formatting or registry lookup per record).
 #[derive(Clone)]

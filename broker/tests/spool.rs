@@ -127,6 +127,17 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
         payloads.len(),
         2 * MESSAGES
     );
+    // The spool's metrics say it drained.
+    common::eventually(
+        Duration::from_secs(10),
+        "the spool drained, by its metrics",
+        || async {
+            common::metric(&server, "tributary_spool_records").await == 0.0
+                && common::metric(&server, "tributary_spool_drained_total").await
+                    >= f64::from(2 * MESSAGES)
+        },
+    )
+    .await;
     server.shutdown().await;
     drop(kafka);
     let _ = std::fs::remove_dir_all(dir);

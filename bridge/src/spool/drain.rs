@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use super::{Position, SpoolError, SpoolHandle, SpooledRecord};
-use crate::events::RouteMetrics;
+use crate::events::{self, RouteMetrics};
 use crate::record::Record;
 use crate::{PendingDelivery, Producer};
 
@@ -24,6 +24,8 @@ const BATCH_BYTES: usize = 8 << 20;
 const PIPELINE: usize = 8;
 /// How often an empty spool is looked at again.
 const IDLE_POLL: Duration = Duration::from_millis(10);
+/// How often the spool's metrics are refreshed while it is empty.
+const IDLE_REPORT: Duration = Duration::from_secs(1);
 /// Pause before a failed batch is produced again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -46,6 +48,8 @@ pub async fn drain(spool: SpoolHandle, producer: Producer) {
         Err(_) => return,
     };
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut last_report = std::time::Instant::now();
+    report_state(&spool).await;
     loop {
         while in_flight.len() < PIPELINE {
             let batch = match spool.read(from, BATCH, BATCH_BYTES).await {
@@ -88,10 +92,15 @@ pub async fn drain(spool: SpoolHandle, producer: Producer) {
             }
         }
         let Some(oldest) = in_flight.pop_front() else {
+            if last_report.elapsed() >= IDLE_REPORT {
+                report_state(&spool).await;
+                last_report = std::time::Instant::now();
+            }
             tokio::time::sleep(IDLE_POLL).await;
             continue;
         };
         let mut delivered = !oldest.failed;
+        let count = oldest.reports.len();
         for report in oldest.reports {
             if report.await.is_err() {
                 delivered = false;
@@ -105,11 +114,22 @@ pub async fn drain(spool: SpoolHandle, producer: Producer) {
             tokio::time::sleep(RETRY_AFTER).await;
             continue;
         }
+        let records = count;
         match spool.commit(oldest.last).await {
-            Ok(()) => {}
+            Ok(()) => {
+                events::SpoolDrained { records }.emit();
+                report_state(&spool).await;
+            }
             Err(SpoolError::Stopped) => return,
             Err(error) => tracing::error!(%error, "cannot commit the spool; going on"),
         }
+    }
+}
+
+/// Publishes what the spool holds as metrics.
+async fn report_state(spool: &SpoolHandle) {
+    if let Ok((stats, _)) = spool.stats().await {
+        events::SpoolState { stats: &stats }.emit();
     }
 }
 
