@@ -13,6 +13,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tributary_bridge::spool::SpoolHandle;
 use tributary_bridge::KafkaHealth;
 
 /// What `/readyz` looks at.
@@ -21,6 +22,9 @@ pub struct Readiness {
     /// True while the MQTT listener accepts connections.
     pub mqtt_listening: Arc<AtomicBool>,
     pub kafka: KafkaHealth,
+    /// The spool and its `max_bytes`, when on: while it accepts, devices are
+    /// served with Kafka out of reach.
+    pub spool: Option<(SpoolHandle, u64)>,
 }
 
 #[derive(Clone)]
@@ -70,11 +74,34 @@ async fn handle_readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !readiness.mqtt_listening.load(Ordering::Acquire) {
         reasons.push("the MQTT listener is not accepting connections".to_owned());
     }
+    let mut spooling = None;
     if let Err(kafka) = readiness.kafka.readiness() {
-        reasons.push(kafka.to_string());
+        match &readiness.spool {
+            // Devices are still acknowledged: ready, and saying why.
+            Some((spool, max_bytes)) => match spool.stats().await {
+                Ok((stats, _)) if stats.bytes_on_disk < *max_bytes => {
+                    let oldest = stats.oldest_pending_appended_at_ms.map_or(0, |at| {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        now.saturating_sub(at) / 1000
+                    });
+                    spooling = Some(format!(
+                        "{kafka}, spooling ({} records, oldest {oldest} s)",
+                        stats.records_pending
+                    ));
+                }
+                Ok(_) => reasons.push(format!("{kafka}, and the spool is full")),
+                Err(error) => reasons.push(format!("{kafka}, and the spool failed: {error}")),
+            },
+            None => reasons.push(kafka.to_string()),
+        }
     }
     if reasons.is_empty() {
-        (StatusCode::OK, "ready\n".to_owned())
+        match spooling {
+            Some(spooling) => (StatusCode::OK, format!("ready: {spooling}\n")),
+            None => (StatusCode::OK, "ready\n".to_owned()),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

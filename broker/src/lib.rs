@@ -140,6 +140,32 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
 
+    let spool = if config.spool.enabled {
+        let settings = config.spool.log_config();
+        let (spool, _thread, recovery) = tokio::task::spawn_blocking(move || {
+            tributary_bridge::spool::SpoolHandle::start(settings)
+        })
+        .await
+        .context("opening the spool")?
+        .with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?;
+        events::SpoolOpened {
+            dir: &config.spool.dir,
+            recovery: &recovery,
+        }
+        .emit();
+        let drain = tokio::spawn(tributary_bridge::spool::drain(
+            spool.clone(),
+            producer.clone(),
+        ));
+        let stop_drain = shutdown.clone();
+        tokio::spawn(async move {
+            stop_drain.cancelled().await;
+            drain.abort();
+        });
+        Some(spool)
+    } else {
+        None
+    };
     let probe = spawn_metadata_probe(producer.clone(), config.kafka.metadata_probe_interval());
     let stop_probe = shutdown.clone();
     tokio::spawn(async move {
@@ -171,6 +197,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let readiness = http::Readiness {
         mqtt_listening: mqtt_listening.clone(),
         kafka: producer.health().clone(),
+        spool: spool.clone().map(|spool| (spool, config.spool.max_bytes)),
     };
     let http_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -197,32 +224,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         registry.clone(),
         retained.clone(),
     );
-    let spool = if config.spool.enabled {
-        let settings = config.spool.log_config();
-        let (spool, _thread, recovery) = tokio::task::spawn_blocking(move || {
-            tributary_bridge::spool::SpoolHandle::start(settings)
-        })
-        .await
-        .context("opening the spool")?
-        .with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?;
-        events::SpoolOpened {
-            dir: &config.spool.dir,
-            recovery: &recovery,
-        }
-        .emit();
-        let drain = tokio::spawn(tributary_bridge::spool::drain(
-            spool.clone(),
-            producer.clone(),
-        ));
-        let stop_drain = shutdown.clone();
-        tokio::spawn(async move {
-            stop_drain.cancelled().await;
-            drain.abort();
-        });
-        Some(spool)
-    } else {
-        None
-    };
     let auth = Arc::new(auth::Authenticator::new(&config.auth)?);
     reloadable.push(auth.clone() as Arc<dyn reload::Reload>);
     let context = Arc::new(LinkContext {

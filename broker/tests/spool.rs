@@ -80,6 +80,18 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
         }
     }
 
+    // Not ready for Kafka, but devices are served: /readyz says so, 200.
+    let mut readyz = (0, String::new());
+    for _ in 0..100 {
+        readyz = common::http_get(server.http_addr(), "/readyz").await;
+        if readyz.1.contains("spooling") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(readyz.0, 200, "{}", readyz.1);
+    assert!(readyz.1.contains("spooling (40 records"), "{}", readyz.1);
+
     kafka.restart();
 
     // Everything acknowledged reaches Kafka, each device's in its order (of
