@@ -1,5 +1,7 @@
 //! The binary as an operator runs it.
 
+mod common;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -401,19 +403,33 @@ acl_file = "{}"
         ),
     )
     .unwrap();
-    let (mut child, reader) = run_with_log(&config);
-    std::thread::sleep(Duration::from_secs(2));
+    let tributary = common::Process::start(&config.path);
+    // SIGHUP only once it listens: before its handler is installed the
+    // signal would end the process.
+    tributary.wait_for(Duration::from_secs(30), |line| {
+        line.contains("listener=\"devices\"")
+    });
     // Only the process this test started, by its PID.
     let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &tributary.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    std::thread::sleep(Duration::from_secs(2));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let log = reader.join().unwrap();
-    assert!(log.contains("SIGHUP: reloading"), "{log}");
-    assert!(log.contains("TLS certificate reloaded"), "{log}");
-    assert_eq!(log.matches("reloaded").count(), 3, "{log}");
+    let log = tributary.wait_for(Duration::from_secs(10), |line| {
+        line.contains("SIGHUP: reloading")
+    });
+    assert!(log.iter().any(|l| l.contains("SIGHUP: reloading")));
+    // The certificate, the password file and the ACL, in some order.
+    let mut reloaded = Vec::new();
+    while reloaded.len() < 3 {
+        let lines = tributary.wait_for(Duration::from_secs(10), |line| line.contains("reloaded"));
+        reloaded.extend(lines.into_iter().filter(|l| l.contains("reloaded")));
+    }
+    assert!(
+        reloaded
+            .iter()
+            .any(|l| l.contains("TLS certificate reloaded")),
+        "{reloaded:?}"
+    );
+    assert_eq!(reloaded.len(), 3, "{reloaded:?}");
 }

@@ -38,6 +38,34 @@ fn publish_qos1(version: u8, topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> 
     packet(0x32, &body)
 }
 
+/// A device of `version` publishes `{label}-01` ... at QoS 1 on
+/// `spooled/dev`, each acknowledged positively before the next.
+async fn publish_all_acknowledged(
+    addr: std::net::SocketAddr,
+    version: u8,
+    client_id: &str,
+    label: &str,
+) {
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&connect(version, client_id)).await;
+    assert!(raw
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    for i in 1..=MESSAGES {
+        let payload = format!("{label}-{i:02}");
+        raw.send(&publish_qos1(version, "spooled/dev", i, payload.as_bytes()))
+            .await;
+        let puback = [0x40, 0x02, (i >> 8) as u8, i as u8];
+        assert!(
+            raw.read_until(&puback, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "MQTT {version}: no positive PUBACK for {payload} while Kafka is down"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_reach_it_in_order() {
     let kafka = common::OwnKafka::start(KAFKA_PORT);
@@ -59,25 +87,13 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
     // Both protocol versions, QoS 1: every publish acknowledged positively,
     // at once, although Kafka is gone.
     for version in [4u8, 5] {
-        let mut raw = Raw::connect(addr).await;
-        raw.send(&connect(version, &format!("spooler-{version}")))
-            .await;
-        assert!(raw
-            .read_until(&[0x20], Duration::from_secs(5))
-            .await
-            .is_some());
-        for i in 1..=MESSAGES {
-            let payload = format!("v{version}-{i:02}");
-            raw.send(&publish_qos1(version, "spooled/dev", i, payload.as_bytes()))
-                .await;
-            let puback = [0x40, 0x02, (i >> 8) as u8, i as u8];
-            assert!(
-                raw.read_until(&puback, Duration::from_secs(5))
-                    .await
-                    .is_some(),
-                "MQTT {version}: no positive PUBACK for {payload} while Kafka is down"
-            );
-        }
+        publish_all_acknowledged(
+            addr,
+            version,
+            &format!("spooler-{version}"),
+            &format!("v{version}"),
+        )
+        .await;
     }
 
     // Not ready for Kafka, but devices are served: /readyz says so, 200.
@@ -155,61 +171,6 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A Tributary process of this test's own, with its log read as it runs.
-struct Process {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Process {
-    fn start(config: &std::path::Path) -> Process {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        Process { child, lines }
-    }
-
-    /// The MQTT port it says it listens on.
-    fn mqtt_addr(&self) -> std::net::SocketAddr {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) else {
-                continue;
-            };
-            if line.contains("listener=\"mqtt\"") || line.contains("listener=mqtt") {
-                if let Some(addr) = line.split("addr=").nth(1) {
-                    return addr.trim().parse().unwrap();
-                }
-            }
-        }
-        panic!("Tributary did not say where it listens");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // SIGKILL: no goodbye, no flush.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sigkill_while_spooling_loses_nothing_acknowledged() {
     let kafka = common::OwnKafka::start(KAFKA_PORT + 2);
@@ -244,35 +205,14 @@ key = "client_id"
     .unwrap();
 
     kafka.stop();
-    let first = Process::start(&config);
+    let first = common::Process::start(&config);
     let addr = first.mqtt_addr();
-    let mut raw = Raw::connect(addr).await;
-    raw.send(&connect(4, "killed-while-spooling")).await;
-    assert!(raw
-        .read_until(&[0x20], Duration::from_secs(5))
-        .await
-        .is_some());
-    for i in 1..=MESSAGES {
-        raw.send(&publish_qos1(
-            4,
-            "spooled/dev",
-            i,
-            format!("k-{i:02}").as_bytes(),
-        ))
-        .await;
-        let puback = [0x40, 0x02, (i >> 8) as u8, i as u8];
-        assert!(
-            raw.read_until(&puback, Duration::from_secs(5))
-                .await
-                .is_some(),
-            "no PUBACK for k-{i:02}"
-        );
-    }
+    publish_all_acknowledged(addr, 4, "killed-while-spooling", "k").await;
     // Killed with everything acknowledged and nothing in Kafka.
     drop(first);
 
     kafka.restart();
-    let second = Process::start(&config);
+    let second = common::Process::start(&config);
     let _ = second.mqtt_addr();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let payloads = loop {

@@ -13,6 +13,17 @@ use tributary_bridge::testing::{consume, create_topic, require_kafka, unique_top
 
 const PAHO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_ws.py");
 
+/// A listener on 127.0.0.1:0 named `name`, with `cert` for TLS.
+fn listener(name: &str, transport: TransportKind, cert: Option<&pki::Issued>) -> ListenerConfig {
+    ListenerConfig {
+        name: name.into(),
+        transport,
+        cert_file: cert.map(|c| c.cert_path.clone()),
+        key_file: cert.map(|c| c.key_path.clone()),
+        ..ListenerConfig::plain("127.0.0.1:0")
+    }
+}
+
 /// Runs the Paho client; its exit status and stderr.
 async fn paho(args: &[&str]) -> (bool, String) {
     let output = tokio::time::timeout(
@@ -42,18 +53,8 @@ async fn paho_publishes_over_websocket_and_secure_websocket_into_kafka() {
     let server_cert = ca.server(&dir, "tributary");
     let server = common::start(&bootstrap, &[("ws/#", &topic)], |config| {
         config.listeners = vec![
-            ListenerConfig {
-                name: "ws".into(),
-                transport: TransportKind::Ws,
-                ..ListenerConfig::plain("127.0.0.1:0")
-            },
-            ListenerConfig {
-                name: "wss".into(),
-                transport: TransportKind::Wss,
-                cert_file: Some(server_cert.cert_path.clone()),
-                key_file: Some(server_cert.key_path.clone()),
-                ..ListenerConfig::plain("127.0.0.1:0")
-            },
+            listener("ws", TransportKind::Ws, None),
+            listener("wss", TransportKind::Wss, Some(&server_cert)),
         ];
     })
     .await;
@@ -120,18 +121,8 @@ async fn hostile_bytes_on_tls_and_websocket_listeners_close_only_their_connectio
     let server = common::start(&bootstrap, &[], |config| {
         config.mqtt.connect_timeout_ms = 1_000;
         config.listeners = vec![
-            ListenerConfig {
-                name: "ws".into(),
-                transport: TransportKind::Ws,
-                ..ListenerConfig::plain("127.0.0.1:0")
-            },
-            ListenerConfig {
-                name: "tls".into(),
-                transport: TransportKind::Tls,
-                cert_file: Some(server_cert.cert_path.clone()),
-                key_file: Some(server_cert.key_path.clone()),
-                ..ListenerConfig::plain("127.0.0.1:0")
-            },
+            listener("ws", TransportKind::Ws, None),
+            listener("tls", TransportKind::Tls, Some(&server_cert)),
         ];
     })
     .await;

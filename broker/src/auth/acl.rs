@@ -961,7 +961,7 @@ mod tests {
 
     /// Run with `cargo test --release -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "measurement; prints ns per check"]
     fn bench_check_cost() {
         use std::hint::black_box;
         use std::time::Instant;

@@ -260,3 +260,85 @@ pub async fn mosquitto_sub(
     });
     (child, rest)
 }
+
+/// A Tributary process of the test's own (the built binary, without the
+/// operator's `TRIBUTARY__` overrides), its log read line by line as it runs.
+/// Killed (SIGKILL: no goodbye, no flush) when dropped.
+pub struct Process {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Process {
+    pub fn start(config: &std::path::Path) -> Process {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TRIBUTARY__") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Process { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log's lines up to and including the first for which `done` is
+    /// true; panics with what was read if none comes within `timeout`.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut read = Vec::new();
+        while Instant::now() < deadline {
+            let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            let found = done(&line);
+            read.push(line);
+            if found {
+                return read;
+            }
+        }
+        panic!("not in the log within {timeout:?}:\n{}", read.join("\n"));
+    }
+
+    /// The MQTT address it says it listens on.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        let lines = self.wait_for(Duration::from_secs(30), |line| {
+            line.contains("listener=\"mqtt\"") && line.contains("addr=")
+        });
+        let line = lines.last().map(String::as_str).unwrap_or_default();
+        line.split("addr=")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
