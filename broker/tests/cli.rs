@@ -61,16 +61,6 @@ kafka_topic = "sensors"
 /// Runs Tributary on `config` for `how_long` with its log going to a pipe, as
 /// under a service manager; returns the log.
 fn log_of_a_run(config: &TempConfig, how_long: Duration) -> String {
-    let (mut child, reader) = run_with_log(config);
-    std::thread::sleep(how_long);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap()
-}
-
-/// Starts Tributary on `config`, its log read by a thread while it runs (so
-/// a chatty log cannot fill the pipe and stall it); joined once it ends.
-fn run_with_log(config: &TempConfig) -> (std::process::Child, std::thread::JoinHandle<String>) {
     let mut child = tributary()
         .arg("--config")
         .arg(&config.path)
@@ -79,12 +69,16 @@ fn run_with_log(config: &TempConfig) -> (std::process::Child, std::thread::JoinH
         .spawn()
         .unwrap();
     let mut stderr = child.stderr.take().unwrap();
+    // Read while it runs, so a chatty log cannot fill the pipe and stall it.
     let reader = std::thread::spawn(move || {
         let mut log = String::new();
         let _ = stderr.read_to_string(&mut log);
         log
     });
-    (child, reader)
+    std::thread::sleep(how_long);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap()
 }
 
 impl Drop for TempConfig {
