@@ -34,6 +34,120 @@ pub const SPOOL_OLDEST_SECONDS: &str = "tributary_spool_oldest_seconds";
 /// Records the drain saw Kafka acknowledge and removed from the spool.
 pub const SPOOL_DRAINED_TOTAL: &str = "tributary_spool_drained_total";
 
+/// Records written to the spool (acknowledged once durable there).
+pub const SPOOL_APPENDED_TOTAL: &str = "tributary_spool_appended_total";
+/// Time one group commit's fsync took.
+pub const SPOOL_FSYNC_SECONDS: &str = "tributary_spool_fsync_seconds";
+/// Batches of records the spool refused, by `reason` (`full`: at
+/// `max_bytes`; `disk_full`: the file system is; `failed`: an I/O error).
+pub const SPOOL_REFUSED_TOTAL: &str = "tributary_spool_refused_total";
+/// Records found in the spool at start, replayed into Kafka after it.
+pub const SPOOL_RECOVERED_RECORDS_TOTAL: &str = "tributary_spool_recovered_records_total";
+/// Bytes of torn tail cut off at start (what a crash mid-write leaves).
+pub const SPOOL_TRUNCATED_BYTES_TOTAL: &str = "tributary_spool_truncated_bytes_total";
+/// Corrupt ranges found at start and moved aside into `corrupt/`.
+pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "tributary_spool_corrupt_records_total";
+
+/// Records whose group commit is durable, and how long its fsync took
+/// (`None`: no fsync, the `interval` policy).
+pub struct SpoolAppended {
+    pub records: usize,
+    pub fsync: Option<Duration>,
+}
+
+impl SpoolAppended {
+    pub fn emit(self) {
+        metrics::counter!(SPOOL_APPENDED_TOTAL).increment(self.records as u64);
+        if let Some(took) = self.fsync {
+            metrics::histogram!(SPOOL_FSYNC_SECONDS).record(took.as_secs_f64());
+        }
+    }
+}
+
+/// The spool refused a batch: its publishes get no positive acknowledgement.
+pub struct SpoolRefused<'a> {
+    pub error: &'a crate::spool::SpoolError,
+}
+
+impl SpoolRefused<'_> {
+    pub fn emit(self) {
+        use crate::spool::SpoolError;
+        let reason = match self.error {
+            SpoolError::Full { .. } | SpoolError::BatchTooLarge { .. } => "full",
+            SpoolError::DiskFull { .. } => "disk_full",
+            _ => "failed",
+        };
+        metrics::counter!(SPOOL_REFUSED_TOTAL, "reason" => reason).increment(1);
+        if let Some(suppressed) = SPOOL_LOG.admit(reason) {
+            let error = self.error;
+            match reason {
+                "full" => tracing::warn!(
+                    %error,
+                    suppressed,
+                    "the spool is full: publishes are refused (MQTT 5: PUBACK 0x97) or left \
+                     unacknowledged (3.1.1) until the drain frees space; nothing stored is dropped"
+                ),
+                "disk_full" => tracing::error!(
+                    %error,
+                    suppressed,
+                    "no space left on the spool's disk: publishes are refused (MQTT 5: PUBACK \
+                     0x97) or left unacknowledged (3.1.1) until space is freed"
+                ),
+                _ => tracing::error!(
+                    %error,
+                    suppressed,
+                    "the spool cannot store records: publishes are refused"
+                ),
+            }
+        }
+    }
+}
+
+static SPOOL_LOG: std::sync::LazyLock<crate::log_throttle::LogThrottle> =
+    std::sync::LazyLock::new(|| {
+        crate::log_throttle::LogThrottle::new(crate::log_throttle::REPEAT_LOG_WINDOW)
+    });
+
+/// Kafka stopped taking records: they wait in the spool.
+pub struct SpoolBacklogStarted<'a> {
+    pub why: &'a crate::NotReady,
+    pub records: u64,
+}
+
+impl SpoolBacklogStarted<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            kafka = %self.why,
+            records = self.records,
+            "spooling: devices' publishes are acknowledged once durable in the spool and wait there for Kafka"
+        );
+    }
+}
+
+/// The spool is empty again after Kafka was out of reach.
+pub struct SpoolBacklogDrained {
+    /// From the start of the backlog to an empty spool.
+    pub lasted: Duration,
+    /// From Kafka's return to an empty spool.
+    pub drain: Duration,
+    pub peak_records: u64,
+    pub drained_records: u64,
+}
+
+impl SpoolBacklogDrained {
+    pub fn emit(self) {
+        let rate = self.drained_records as f64 / self.drain.as_secs_f64().max(0.001);
+        tracing::info!(
+            lasted_s = self.lasted.as_secs(),
+            drain_s = format!("{:.1}", self.drain.as_secs_f64()),
+            peak_records = self.peak_records,
+            drained_records = self.drained_records,
+            records_per_s = rate as u64,
+            "spool drained: everything it held is in Kafka"
+        );
+    }
+}
+
 /// What the spool holds now.
 pub struct SpoolState<'a> {
     pub stats: &'a crate::spool::SpoolStats,
@@ -62,6 +176,20 @@ pub struct SpoolDrained {
 impl SpoolDrained {
     pub fn emit(self) {
         metrics::counter!(SPOOL_DRAINED_TOTAL).increment(self.records as u64);
+    }
+}
+
+/// What `Spool::open` found: records to replay, damage repaired.
+pub struct SpoolRecovered<'a> {
+    pub recovery: &'a crate::spool::Recovery,
+}
+
+impl SpoolRecovered<'_> {
+    pub fn emit(self) {
+        let r = self.recovery;
+        metrics::counter!(SPOOL_RECOVERED_RECORDS_TOTAL).increment(r.records);
+        metrics::counter!(SPOOL_TRUNCATED_BYTES_TOTAL).increment(r.truncated_bytes);
+        metrics::counter!(SPOOL_CORRUPT_RECORDS_TOTAL).increment(r.corrupt_records);
     }
 }
 

@@ -20,7 +20,7 @@ pub use health::{spawn_metadata_probe, KafkaHealth, NotReady, Unreachable};
 pub use problems::{Problem, Problems};
 pub use producer::{Delivered, DeliveryError, DeliveryFailure, PendingDelivery, Producer};
 pub use record::{MqttPublish, Record};
-pub use route::{KeySource, Route, RouteConfig, RouteTable};
+pub use route::{KeySource, Route, RouteConfig, RouteSpool, RouteTable};
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -39,6 +39,46 @@ pub struct RouteConfig {
     /// its authenticated `username` (no key for an anonymous client), or `none`
     /// (no key: the producer's partitioner spreads records).
     pub key: KeySource,
+    /// Which of this route's records go through the spool when `[spool]` is
+    /// enabled: `qos12` (default: QoS 1/2 ones), `all` (QoS 0 ones too), or
+    /// `off` (none: acknowledged only once Kafka has the record).
+    pub spool: RouteSpool,
+}
+
+/// Which records of a route are written ahead to the spool (when it is on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteSpool {
+    /// QoS 1/2 records: what devices are promised delivery of.
+    #[default]
+    Qos12,
+    /// QoS 0 records as well: kept through an outage, though never promised.
+    All,
+    /// None: straight to Kafka, acknowledged only once Kafka has them.
+    Off,
+}
+
+impl RouteSpool {
+    /// Whether a record of a publish at `qos` goes through the spool.
+    pub fn takes(self, qos: u8) -> bool {
+        match self {
+            RouteSpool::Qos12 => qos > 0,
+            RouteSpool::All => true,
+            RouteSpool::Off => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteSpool {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_one_of(
+            deserializer,
+            &[
+                ("qos12", RouteSpool::Qos12),
+                ("all", RouteSpool::All),
+                ("off", RouteSpool::Off),
+            ],
+        )
+    }
 }
 
 /// Where a record's Kafka key comes from.
@@ -76,6 +116,7 @@ pub struct Route {
     pub name: Arc<str>,
     pub kafka_topic: Arc<str>,
     pub key: KeySource,
+    pub spool: RouteSpool,
     pub metrics: RouteMetrics,
 }
 
@@ -85,8 +126,14 @@ impl Route {
             name: name.into(),
             kafka_topic: kafka_topic.into(),
             key,
+            spool: RouteSpool::default(),
             metrics: RouteMetrics::register(name),
         }
+    }
+
+    /// The same route with `spool` as its spool setting.
+    pub fn with_spool(self, spool: RouteSpool) -> Route {
+        Route { spool, ..self }
     }
 }
 
@@ -216,7 +263,7 @@ impl RouteTable {
         for (id, config) in configs.iter().enumerate() {
             table
                 .routes
-                .push(Route::new(&config.name, &config.kafka_topic, config.key));
+                .push(Route::new(&config.name, &config.kafka_topic, config.key).with_spool(config.spool));
             for filter in &config.mqtt_filters {
                 table.insert(filter, id);
             }
@@ -299,6 +346,7 @@ mod tests {
             mqtt_filters: filters.iter().map(|f| f.to_string()).collect(),
             kafka_topic: topic.into(),
             key: KeySource::Topic,
+            ..RouteConfig::default()
         }
     }
 

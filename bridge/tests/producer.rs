@@ -36,6 +36,7 @@ async fn ten_thousand_records_come_back_intact_and_in_order_per_key() {
         mqtt_filters: vec!["sensors/#".into()],
         kafka_topic: topic.clone(),
         key: KeySource::Topic,
+        ..RouteConfig::default()
     }])
     .unwrap();
     let producer = producer(&bootstrap);

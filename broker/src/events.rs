@@ -218,6 +218,7 @@ pub struct SpoolOpened<'a> {
 impl SpoolOpened<'_> {
     pub fn emit(self) {
         let r = self.recovery;
+        tributary_bridge::events::SpoolRecovered { recovery: r }.emit();
         tracing::info!(
             dir = %self.dir.display(),
             pending_records = r.records,
@@ -404,13 +405,12 @@ impl WillCancelled {
 
 /// A will matching a route could not be written to Kafka.
 pub struct WillNotInKafka<'a> {
-    pub route: &'a str,
     pub error: &'a tributary_bridge::DeliveryError,
 }
 
 impl WillNotInKafka<'_> {
     pub fn emit(self) {
-        tracing::warn!(route = self.route, error = %self.error, "a will did not reach Kafka");
+        tracing::warn!(error = %self.error, "a will reached neither Kafka nor the spool");
     }
 }
 

@@ -218,19 +218,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .context("starting the router")?;
     let registry = Registry::default();
     let retained = Arc::new(link::retained::Retained::default());
-    let wills = Wills::new(
-        producer.clone(),
-        routes.clone(),
-        registry.clone(),
-        retained.clone(),
-    );
+    let forwarder = link::forward::Forwarder::new(routes, producer.clone(), spool);
+    let wills = Wills::new(forwarder.clone(), registry.clone(), retained.clone());
     let auth = Arc::new(auth::Authenticator::new(&config.auth)?);
     reloadable.push(auth.clone() as Arc<dyn reload::Reload>);
     let context = Arc::new(LinkContext {
         config: config.link_config(),
         router,
-        producer: producer.clone(),
-        routes,
+        forwarder,
         registry,
         store: SessionStore::default(),
         wills,
@@ -239,7 +234,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         retained,
         shares: Arc::default(),
         auth,
-        spool,
     });
 
     // One connection limit across every listener.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::Raw;
 use rdkafka::Message as _;
 use tributary_bridge::testing::{consume, create_topic, unique_topic};
+use tributary_bridge::{KeySource, RouteConfig, RouteSpool};
 use tributary_wire::packet;
 
 /// This test's own Kafka, which it stops and restarts.
@@ -78,6 +79,18 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
         config.spool.enabled = true;
         config.spool.dir = spool_dir.clone();
         config.kafka.delivery_timeout_ms = 3_000;
+        for (name, filter, spool) in [
+            ("direct", "direct/#", RouteSpool::Off),
+            ("everything", "all/#", RouteSpool::All),
+        ] {
+            config.routes.push(RouteConfig {
+                name: name.into(),
+                mqtt_filters: vec![filter.into()],
+                kafka_topic: topic.clone(),
+                key: KeySource::ClientId,
+                spool,
+            });
+        }
     })
     .await;
     let addr = server.mqtt_addr();
@@ -107,6 +120,55 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
     }
     assert_eq!(readyz.0, 200, "{}", readyz.1);
     assert!(readyz.1.contains("spooling (40 records"), "{}", readyz.1);
+
+    // A route with `spool = "all"` keeps QoS 0 publishes through the outage.
+    let mut qos0 = Raw::connect(addr).await;
+    qos0.send(&connect(4, "qos0-publisher")).await;
+    assert!(qos0
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    for i in 1..=5 {
+        qos0.send(&common::publish_v4("all/dev", format!("q0-{i}").as_bytes()))
+            .await;
+    }
+    // A will goes through the spool like a publish.
+    let mut doomed = Raw::connect(addr).await;
+    let mut body = [&string(b"MQTT")[..], &[4, 0x02 | 0x04 | 0x08, 0, 60]].concat();
+    body.extend(string(b"will-owner"));
+    body.extend(string(b"spooled/will"));
+    body.extend(string(b"will-1"));
+    doomed.send(&packet(0x10, &body)).await;
+    assert!(doomed
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    drop(doomed); // gone without DISCONNECT: the will is published
+    // A route with `spool = "off"` still acknowledges only what Kafka has:
+    // an MQTT 5 publisher gets a failure once the delivery timeout passes.
+    let mut direct = Raw::connect(addr).await;
+    direct.send(&connect(5, "direct-publisher")).await;
+    assert!(direct
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    direct
+        .send(&publish_qos1(5, "direct/dev", 1, b"direct-1"))
+        .await;
+    let puback = direct
+        .read_packet(0x40, Duration::from_secs(15))
+        .await
+        .expect("a PUBACK for the publish on the route without spool");
+    assert!(
+        puback.len() >= 5 && puback[4] >= 0x80,
+        "a route with spool = \"off\" acknowledged a publish Kafka never had: {puback:02x?}"
+    );
+    common::eventually(
+        Duration::from_secs(10),
+        "the QoS 0 publishes and the will in the spool",
+        || async { common::metric(&server, "tributary_spool_records").await >= 46.0 },
+    )
+    .await;
 
     kafka.restart();
 
@@ -138,7 +200,9 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
             .collect();
         let complete = [4, 5]
             .iter()
-            .all(|&v| first_seen(&payloads, v).len() == MESSAGES as usize);
+            .all(|&v| first_seen(&payloads, v).len() == MESSAGES as usize)
+            && payloads.iter().any(|p| p == "will-1")
+            && payloads.iter().filter(|p| p.starts_with("q0-")).count() >= 5;
         if complete || std::time::Instant::now() > deadline {
             break payloads;
         }
@@ -150,6 +214,16 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
             "MQTT {version}: not every acknowledged message, or out of order: {payloads:?}"
         );
     }
+    let qos0: Vec<&String> = payloads.iter().filter(|p| p.starts_with("q0-")).collect();
+    assert_eq!(
+        qos0,
+        ["q0-1", "q0-2", "q0-3", "q0-4", "q0-5"],
+        "QoS 0 publishes on a route with spool = \"all\""
+    );
+    assert!(
+        payloads.iter().any(|p| p == "will-1"),
+        "the will published during the outage is not in Kafka: {payloads:?}"
+    );
     println!(
         "{} records in Kafka for {} acknowledged publishes",
         payloads.len(),

@@ -8,12 +8,14 @@
 //! delivery).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{Position, SpoolError, SpoolHandle, SpooledRecord};
 use crate::events::{self, RouteMetrics};
 use crate::record::Record;
-use crate::{PendingDelivery, Producer};
+use crate::{KafkaHealth, PendingDelivery, Producer};
 
 /// Entries read (and produced) at once.
 const BATCH: usize = 500;
@@ -24,8 +26,8 @@ const BATCH_BYTES: usize = 8 << 20;
 const PIPELINE: usize = 8;
 /// How often an empty spool is looked at again.
 const IDLE_POLL: Duration = Duration::from_millis(10);
-/// How often the spool's metrics are refreshed while it is empty.
-const IDLE_REPORT: Duration = Duration::from_secs(1);
+/// How often the spool's metrics are refreshed and a backlog looked for.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// Pause before a failed batch is produced again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -42,14 +44,23 @@ struct InFlight {
 
 /// Runs until the spool's thread stops.
 pub async fn drain(spool: SpoolHandle, producer: Producer) {
+    let drained = Arc::new(AtomicU64::new(0));
+    let watch = tokio::spawn(watch(
+        spool.clone(),
+        producer.health().clone(),
+        drained.clone(),
+    ));
+    produce_all(spool, producer, drained).await;
+    watch.abort();
+}
+
+async fn produce_all(spool: SpoolHandle, producer: Producer, drained: Arc<AtomicU64>) {
     let mut metrics: HashMap<String, RouteMetrics> = HashMap::new();
     let mut from = match spool.stats().await {
         Ok((_, start)) => start,
         Err(_) => return,
     };
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut last_report = std::time::Instant::now();
-    report_state(&spool).await;
     loop {
         while in_flight.len() < PIPELINE {
             let batch = match spool.read(from, BATCH, BATCH_BYTES).await {
@@ -92,10 +103,6 @@ pub async fn drain(spool: SpoolHandle, producer: Producer) {
             }
         }
         let Some(oldest) = in_flight.pop_front() else {
-            if last_report.elapsed() >= IDLE_REPORT {
-                report_state(&spool).await;
-                last_report = std::time::Instant::now();
-            }
             tokio::time::sleep(IDLE_POLL).await;
             continue;
         };
@@ -117,8 +124,8 @@ pub async fn drain(spool: SpoolHandle, producer: Producer) {
         let records = count;
         match spool.commit(oldest.last).await {
             Ok(()) => {
+                drained.fetch_add(records as u64, Ordering::Relaxed);
                 events::SpoolDrained { records }.emit();
-                report_state(&spool).await;
             }
             Err(SpoolError::Stopped) => return,
             Err(error) => tracing::error!(%error, "cannot commit the spool; going on"),
@@ -126,10 +133,69 @@ pub async fn drain(spool: SpoolHandle, producer: Producer) {
     }
 }
 
-/// Publishes what the spool holds as metrics.
-async fn report_state(spool: &SpoolHandle) {
-    if let Ok((stats, _)) = spool.stats().await {
+/// A time Kafka did not take the spool's records.
+struct Backlog {
+    since: Instant,
+    /// When Kafka was last seen reachable again, while records remained.
+    kafka_back: Option<Instant>,
+    /// The drain's count when Kafka came back.
+    drained_at_return: u64,
+    peak_records: u64,
+}
+
+/// Publishes the spool's state as metrics every second, and logs when
+/// records start waiting in it for Kafka and when it is empty again.
+async fn watch(spool: SpoolHandle, health: KafkaHealth, drained: Arc<AtomicU64>) {
+    let mut backlog: Option<Backlog> = None;
+    let mut ticker = tokio::time::interval(WATCH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Ok((stats, _)) = spool.stats().await else {
+            return;
+        };
         events::SpoolState { stats: &stats }.emit();
+        let records = stats.records_pending;
+        let kafka = health.readiness();
+        match (&mut backlog, kafka) {
+            (None, Err(why)) if records > 0 => {
+                events::SpoolBacklogStarted {
+                    why: &why,
+                    records,
+                }
+                .emit();
+                backlog = Some(Backlog {
+                    since: Instant::now(),
+                    kafka_back: None,
+                    drained_at_return: 0,
+                    peak_records: records,
+                });
+            }
+            (None, _) => {}
+            (Some(current), kafka) => {
+                current.peak_records = current.peak_records.max(records);
+                match kafka {
+                    Err(_) => current.kafka_back = None,
+                    Ok(()) if current.kafka_back.is_none() => {
+                        current.kafka_back = Some(Instant::now());
+                        current.drained_at_return = drained.load(Ordering::Relaxed);
+                    }
+                    Ok(()) => {}
+                }
+                if let (0, Some(back)) = (records, current.kafka_back) {
+                    events::SpoolBacklogDrained {
+                        lasted: current.since.elapsed(),
+                        drain: back.elapsed(),
+                        peak_records: current.peak_records,
+                        drained_records: drained
+                            .load(Ordering::Relaxed)
+                            .saturating_sub(current.drained_at_return),
+                    }
+                    .emit();
+                    backlog = None;
+                }
+            }
+        }
     }
 }
 

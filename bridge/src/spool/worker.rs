@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::log::{FsyncPolicy, ReadBatch, Spool, SpoolConfig, SpoolStats};
 use super::{Position, Recovery, SpoolError};
+use crate::events;
 
 /// The spool's answer to one append: the position of its last entry once
 /// durable.
@@ -177,19 +178,29 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
         }
         // Answered only after the fsync below.
         let mut durable_after_sync = Vec::new();
+        let mut group_records = 0;
         for command in group {
             match command {
                 Command::Append { entries, reply } => {
                     let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
                     match spool.append(&refs) {
                         Ok(position) => match policy {
-                            FsyncPolicy::Always => durable_after_sync.push((reply, position)),
+                            FsyncPolicy::Always => {
+                                group_records += entries.len();
+                                durable_after_sync.push((reply, position));
+                            }
                             FsyncPolicy::Interval(_) => {
                                 unsynced = true;
+                                events::SpoolAppended {
+                                    records: entries.len(),
+                                    fsync: None,
+                                }
+                                .emit();
                                 let _ = reply.send(Ok(position));
                             }
                         },
                         Err(error) => {
+                            events::SpoolRefused { error: &error }.emit();
                             let _ = reply.send(Err(error));
                         }
                     }
@@ -211,8 +222,19 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
             }
         }
         if !durable_after_sync.is_empty() {
+            let began = Instant::now();
             let synced = spool.sync();
             last_sync = Instant::now();
+            if synced.is_ok() {
+                events::SpoolAppended {
+                    records: group_records,
+                    fsync: Some(last_sync - began),
+                }
+                .emit();
+            }
+            if let Err(error) = &synced {
+                events::SpoolRefused { error }.emit();
+            }
             for (reply, position) in durable_after_sync {
                 let _ = reply.send(match &synced {
                     Ok(()) => Ok(position),

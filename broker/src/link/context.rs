@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tributary_bridge::{Producer, RouteTable};
+use super::forward::Forwarder;
 
 use super::registry::Registry;
 use super::session_store::SessionStore;
@@ -44,8 +44,8 @@ impl LinkConfig {
 pub struct LinkContext {
     pub config: LinkConfig,
     pub router: EmbeddedRouter,
-    pub producer: Producer,
-    pub routes: Arc<RouteTable>,
+    /// Routed publishes' records: to the spool or to Kafka.
+    pub forwarder: Forwarder,
     /// Who holds which client id.
     pub registry: Registry,
     /// Sessions kept while their devices are away.
@@ -59,7 +59,4 @@ pub struct LinkContext {
     pub shares: Arc<shares::Shares>,
     /// Authentication at CONNECT, and the ACL behind each identity.
     pub auth: Arc<crate::auth::Authenticator>,
-    /// The spool, when `[spool]` is enabled: routed QoS 1/2 records are
-    /// written ahead to it and acknowledged once durable there.
-    pub spool: Option<tributary_bridge::spool::SpoolHandle>,
 }

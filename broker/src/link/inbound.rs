@@ -18,12 +18,11 @@ use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecReason, PubRel, Publish, PublishProperties,
 };
-use tributary_bridge::spool::SpooledRecord;
-use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, Record};
+use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish};
 
 use super::codec::{self, Version};
 use super::connection::Connection;
-use super::gate::{AllDelivered, Gate, Released, Report};
+use super::gate::{AllDelivered, Gate, Released};
 use super::origin::Origin;
 use super::retained::RetainedMessage;
 use super::{valid_topic_name, End, LinkContext, TOPIC_ALIAS_MAX};
@@ -220,7 +219,7 @@ impl Inbound {
             username: identity.username.clone(),
             cert_cn: identity.cert_cn.clone(),
         };
-        let deliveries = produce(ctx, &message).await;
+        let deliveries = ctx.forwarder.forward(&message).await;
         // What the router forgets travels with the message (see `origin`).
         let origin = Origin::now(meta.qos, meta.retain, client_id);
         let properties = origin.attach(properties);
@@ -491,30 +490,3 @@ impl AckReason {
     }
 }
 
-/// Queues one record per route `message` matches, in order.
-async fn produce(ctx: &LinkContext, message: &MqttPublish) -> Result<Vec<Report>, DeliveryError> {
-    let routes = ctx.routes.matches(&message.topic);
-    if let (Some(spool), true) = (&ctx.spool, message.qos > 0 && !routes.is_empty()) {
-        // Written ahead: acknowledged once durable in the spool, from which
-        // the drain produces it to Kafka in order.
-        let entries = routes
-            .into_iter()
-            .map(|route| {
-                let mut entry = Vec::new();
-                SpooledRecord::of(&Record::build(route, message)).encode(&mut entry);
-                entry
-            })
-            .collect();
-        let ack = spool
-            .submit(entries)
-            .await
-            .map_err(|_| DeliveryError::SpoolFailed)?;
-        return Ok(vec![Report::Spooled(ack)]);
-    }
-    let mut deliveries = Vec::with_capacity(routes.len());
-    for route in routes {
-        let record = Record::build(route, message);
-        deliveries.push(Report::Kafka(ctx.producer.enqueue(record).await?));
-    }
-    Ok(deliveries)
-}

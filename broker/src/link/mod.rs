@@ -18,6 +18,7 @@ pub mod connect;
 pub mod connection;
 mod context;
 mod end;
+pub mod forward;
 pub mod gate;
 pub mod inbound;
 pub mod origin;

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttd::protocol::{LastWill, LastWillProperties, Packet, Publish, PublishProperties};
-use tributary_bridge::{MqttPublish, Producer, Record, RouteTable};
+use tributary_bridge::MqttPublish;
 
 use crate::events;
+use crate::link::forward::Forwarder;
 use crate::link::origin::Origin;
 use crate::link::registry::Registry;
 use crate::link::retained::{Retained, RetainedMessage};
@@ -119,22 +120,15 @@ impl Drop for PendingWill {
 /// Publishes wills through Tributary's own router link.
 #[derive(Clone)]
 pub struct Wills {
-    producer: Producer,
-    routes: Arc<RouteTable>,
+    forwarder: Forwarder,
     registry: Registry,
     retained: Arc<Retained>,
 }
 
 impl Wills {
-    pub fn new(
-        producer: Producer,
-        routes: Arc<RouteTable>,
-        registry: Registry,
-        retained: Arc<Retained>,
-    ) -> Wills {
+    pub fn new(forwarder: Forwarder, registry: Registry, retained: Arc<Retained>) -> Wills {
         Wills {
-            producer,
-            routes,
+            forwarder,
             registry,
             retained,
         }
@@ -174,15 +168,21 @@ impl Wills {
             username: will.username.clone(),
             cert_cn: will.cert_cn.clone(),
         };
+        // Like a publish: into Kafka, or durable in the spool, before any
+        // subscriber sees it.
         let mut kafka_ok = true;
-        for route in self.routes.matches(topic) {
-            if let Err(error) = self.producer.send(Record::build(route, &message)).await {
+        let reports = match self.forwarder.forward(&message).await {
+            Ok(reports) => reports,
+            Err(error) => {
                 kafka_ok = false;
-                events::WillNotInKafka {
-                    route: &route.name,
-                    error: &error,
-                }
-                .emit();
+                events::WillNotInKafka { error: &error }.emit();
+                Vec::new()
+            }
+        };
+        for report in reports {
+            if let Err(error) = report.await {
+                kafka_ok = false;
+                events::WillNotInKafka { error: &error }.emit();
             }
         }
         let origin = Origin::now(will.qos, will.retain, client_id);

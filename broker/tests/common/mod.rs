@@ -41,6 +41,7 @@ pub async fn start(
             mqtt_filters: vec![filter.to_string()],
             kafka_topic: topic.to_string(),
             key: KeySource::ClientId,
+            ..RouteConfig::default()
         })
         .collect();
     tweak(&mut config);
@@ -129,6 +130,32 @@ impl Raw {
         })
         .await;
         (arrived == Ok(true)).then_some(received)
+    }
+
+    /// The first whole packet of type byte `first` (remaining length under
+    /// 128), skipping what comes before; `None` if none within `within`.
+    pub async fn read_packet(&mut self, first: u8, within: Duration) -> Option<Vec<u8>> {
+        let mut received: Vec<u8> = Vec::new();
+        tokio::time::timeout(within, async {
+            let mut buf = [0u8; 1024];
+            loop {
+                let mut at = 0;
+                while at + 1 < received.len() {
+                    let len = usize::from(received[at + 1]);
+                    if received[at] == first && received.len() >= at + 2 + len {
+                        return Some(received[at..at + 2 + len].to_vec());
+                    }
+                    at += 2 + len;
+                }
+                match self.0.read(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Reads until the server closes the connection; returns what it sent.

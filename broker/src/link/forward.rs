@@ -1,0 +1,63 @@
+//! Where a routed publish's records go: ahead into the spool, or straight to
+//! Kafka, route by route. One place decides it for publishes and wills alike.
+//!
+//! With `[spool]` on, a route's records that its `spool` setting takes are
+//! submitted to the spool in one batch (one report: durable there, so they
+//! will reach Kafka in order); the others are queued on the producer, each
+//! with Kafka's own report. A route's records of one device always take the
+//! same path for a given QoS, so they keep their order in Kafka.
+
+use std::sync::Arc;
+
+use tributary_bridge::spool::{SpoolHandle, SpooledRecord};
+use tributary_bridge::{DeliveryError, MqttPublish, Producer, Record, RouteTable};
+
+use super::gate::Report;
+
+#[derive(Clone)]
+pub struct Forwarder {
+    routes: Arc<RouteTable>,
+    producer: Producer,
+    /// The spool, when `[spool]` is enabled.
+    spool: Option<SpoolHandle>,
+}
+
+impl Forwarder {
+    pub fn new(routes: Arc<RouteTable>, producer: Producer, spool: Option<SpoolHandle>) -> Self {
+        Forwarder {
+            routes,
+            producer,
+            spool,
+        }
+    }
+
+    /// Queues one record per route `message` matches, in order; the reports
+    /// say when each is in Kafka or durable in the spool. No reports: no route
+    /// matched.
+    pub async fn forward(&self, message: &MqttPublish) -> Result<Vec<Report>, DeliveryError> {
+        let routes = self.routes.matches(&message.topic);
+        let mut reports = Vec::with_capacity(routes.len());
+        let mut spooled = Vec::new();
+        for route in routes {
+            let record = Record::build(route, message);
+            match &self.spool {
+                Some(_) if route.spool.takes(message.qos) => {
+                    let mut entry = Vec::new();
+                    SpooledRecord::of(&record).encode(&mut entry);
+                    spooled.push(entry);
+                }
+                _ => reports.push(Report::Kafka(self.producer.enqueue(record).await?)),
+            }
+        }
+        if let (Some(spool), false) = (&self.spool, spooled.is_empty()) {
+            // Written ahead: durable in the spool, from which the drain
+            // produces it to Kafka in order.
+            let ack = spool
+                .submit(spooled)
+                .await
+                .map_err(|_| DeliveryError::SpoolFailed)?;
+            reports.push(Report::Spooled(ack));
+        }
+        Ok(reports)
+    }
+}
