@@ -67,7 +67,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The value of a Prometheus sample (`name{labels}` exactly as rendered), or 0.
 pub async fn metric(server: &Server, sample: &str) -> f64 {
-    let (_, body) = http_get(server.http_addr(), "/metrics").await;
+    metric_at(server.http_addr(), sample).await
+}
+
+/// [`metric`] of the server whose HTTP endpoint is `addr`.
+pub async fn metric_at(addr: SocketAddr, sample: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
     body.lines()
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
@@ -332,7 +337,7 @@ impl Process {
 
     /// The log's lines up to and including the first for which `done` is
     /// true; panics with what was read if none comes within `timeout`.
-    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> Vec<String> {
+    pub fn wait_for(&self, timeout: Duration, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut read = Vec::new();
         while Instant::now() < deadline {
@@ -346,6 +351,22 @@ impl Process {
             }
         }
         panic!("not in the log within {timeout:?}:\n{}", read.join("\n"));
+    }
+
+    /// The MQTT and HTTP addresses it says it listens on.
+    pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
+        let addr_of =
+            |line: &str| -> Option<SocketAddr> { line.split("addr=").nth(1)?.trim().parse().ok() };
+        let (mut mqtt, mut http) = (None, None);
+        self.wait_for(Duration::from_secs(30), |line| {
+            if line.contains("listener=\"mqtt\"") {
+                mqtt = mqtt.or(addr_of(line));
+            } else if line.contains("listener=\"http\"") {
+                http = http.or(addr_of(line));
+            }
+            mqtt.is_some() && http.is_some()
+        });
+        (mqtt.unwrap(), http.unwrap())
     }
 
     /// The MQTT address it says it listens on.
