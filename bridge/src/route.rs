@@ -261,9 +261,9 @@ impl RouteTable {
 
         let mut table = RouteTable::default();
         for (id, config) in configs.iter().enumerate() {
-            table
-                .routes
-                .push(Route::new(&config.name, &config.kafka_topic, config.key).with_spool(config.spool));
+            table.routes.push(
+                Route::new(&config.name, &config.kafka_topic, config.key).with_spool(config.spool),
+            );
             for filter in &config.mqtt_filters {
                 table.insert(filter, id);
             }

@@ -159,11 +159,7 @@ async fn watch(spool: SpoolHandle, health: KafkaHealth, drained: Arc<AtomicU64>)
         let kafka = health.readiness();
         match (&mut backlog, kafka) {
             (None, Err(why)) if records > 0 => {
-                events::SpoolBacklogStarted {
-                    why: &why,
-                    records,
-                }
-                .emit();
+                events::SpoolBacklogStarted { why: &why, records }.emit();
                 backlog = Some(Backlog {
                     since: Instant::now(),
                     kafka_back: None,

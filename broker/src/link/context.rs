@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::forward::Forwarder;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use super::forward::Forwarder;
 
 use super::registry::Registry;
 use super::session_store::SessionStore;
