@@ -282,6 +282,8 @@ key = "client_id"
     let first = common::Process::start(&config);
     let addr = first.mqtt_addr();
     publish_all_acknowledged(addr, 4, "killed-while-spooling", "k").await;
+    // The operator is told why records wait.
+    first.wait_for(Duration::from_secs(10), |line| line.contains("spooling:"));
     // Killed with everything acknowledged and nothing in Kafka.
     drop(first);
 
