@@ -652,6 +652,7 @@ mod tests {
             mqtt_filters = ["a"]
             kafka_topic = "a"
             key = "partition"
+            spool = "sometimes"
         "##;
         let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
             panic!("expected an invalid config");
@@ -660,6 +661,12 @@ mod tests {
         assert!(text.contains("mqqt: unknown section"), "{text}");
         assert!(
             text.contains("routes[0].key: ") && text.contains("partition"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routes[0].spool: ")
+                && text.contains("sometimes")
+                && text.contains("qos12"),
             "{text}"
         );
     }

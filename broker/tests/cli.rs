@@ -115,6 +115,29 @@ fn check_config_accepts_the_shipped_config() {
 }
 
 #[test]
+fn check_config_accepts_the_edge_example_with_the_spool_on() {
+    let out = tributary()
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/edge.toml"),
+        ])
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("configuration is valid (2 routes): checked "),
+        "{stdout}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no warnings");
+}
+
+#[test]
 fn check_config_says_when_only_the_defaults_were_checked_and_warns_of_no_routes() {
     let dir = std::env::temp_dir().join(format!("tributary-cli-{}-nofile", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
