@@ -124,11 +124,12 @@ impl SpoolBacklogStarted<'_> {
     }
 }
 
-/// The spool is empty again after Kafka was out of reach.
+/// The spool caught up again after Kafka was out of reach: empty, or only
+/// live traffic passing through it.
 pub struct SpoolBacklogDrained {
-    /// From the start of the backlog to an empty spool.
+    /// From the start of the backlog to caught up.
     pub lasted: Duration,
-    /// From Kafka's return to an empty spool.
+    /// From Kafka's return to caught up.
     pub drain: Duration,
     pub peak_records: u64,
     pub drained_records: u64,
@@ -143,7 +144,7 @@ impl SpoolBacklogDrained {
             peak_records = self.peak_records,
             drained_records = self.drained_records,
             records_per_s = rate as u64,
-            "spool drained: everything it held is in Kafka"
+            "spool drained: the backlog is in Kafka"
         );
     }
 }
