@@ -18,7 +18,7 @@ pub mod spool;
 pub use config::KafkaConfig;
 pub use health::{spawn_metadata_probe, KafkaHealth, NotReady, Unreachable};
 pub use problems::{Problem, Problems};
-pub use producer::{Delivered, DeliveryError, DeliveryFailure, PendingDelivery, Producer};
+pub use producer::{Delivered, DeliveryError, DeliveryFailure, Pace, PendingDelivery, Producer};
 pub use record::{MqttPublish, Record};
 pub use route::{KeySource, Route, RouteConfig, RouteSpool, RouteTable};
 

@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -152,10 +154,32 @@ impl DeliveryError {
         self.failure().is_transient()
     }
 }
-/// The gateway's producer: cheap to clone, one librdkafka instance behind it.
+/// Which of the producer's two librdkafka instances a record takes.
+///
+/// Records of one connection keep their order only at one pace: a
+/// connection changes pace only when none of its records is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pace {
+    /// Linger 0: sent at once. For records sent while few are in flight.
+    #[default]
+    Prompt,
+    /// `linger_ms`: batched, for throughput under load.
+    Batched,
+}
+
+/// The gateway's producer: cheap to clone. Two librdkafka instances behind
+/// it: one lingering to batch under load, one sending at once while the
+/// load is light (see [`Pace`]).
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<BridgeContext>,
+    batched: FutureProducer<BridgeContext>,
+    /// `None` when records always linger (`linger_above_records = 0`).
+    prompt: Option<FutureProducer<BridgeContext>>,
+    /// Records enqueued and not yet reported on, both paces.
+    outstanding: Arc<AtomicUsize>,
+    /// Above this many outstanding records, connections take the batched
+    /// pace; below a quarter of it, the prompt one.
+    linger_above: usize,
     /// The same as the callbacks' (rdkafka keeps its context out of reach).
     health: KafkaHealth,
     delivery_timeout: Duration,
@@ -165,15 +189,36 @@ impl Producer {
     /// Creates the producer. It connects lazily; an unreachable Kafka is not an
     /// error here (see [`Producer::health`]).
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
-        let mut client = config.producer_config();
-        client.set_log_level(RDKafkaLogLevel::Info);
         let health = KafkaHealth::new(config.metadata_max_age());
-        let inner = client.create_with_context(BridgeContext::new(health.clone()))?;
+        let create = |mut client: rdkafka::ClientConfig| {
+            client.set_log_level(RDKafkaLogLevel::Info);
+            client.create_with_context(BridgeContext::new(health.clone()))
+        };
+        let batched = create(config.producer_config())?;
+        let prompt = config.prompt_producer_config().map(create).transpose()?;
         Ok(Producer {
-            inner,
+            batched,
+            prompt,
+            outstanding: Arc::default(),
+            linger_above: usize::try_from(config.linger_above_records).unwrap_or(usize::MAX),
             health,
             delivery_timeout: config.delivery_timeout(),
         })
+    }
+
+    /// The pace a connection now on `current` should take: batched while
+    /// many records are in flight, prompt once few are (with hysteresis, so
+    /// connections do not flip at the boundary).
+    pub fn pace_for(&self, current: Pace) -> Pace {
+        if self.prompt.is_none() {
+            return Pace::Batched;
+        }
+        let load = self.outstanding.load(Ordering::Relaxed);
+        match current {
+            Pace::Prompt if load > self.linger_above => Pace::Batched,
+            Pace::Batched if load < self.linger_above / 4 => Pace::Prompt,
+            same => same,
+        }
     }
 
     /// Whether Kafka is reachable, as this producer sees it.
@@ -181,9 +226,22 @@ impl Producer {
         &self.health
     }
 
-    /// Queues `record` for Kafka, in call order. When the local queue is full it
-    /// waits (backpressure) for at most the delivery timeout.
+    /// Queues `record` for Kafka at the batched pace (see [`Producer::enqueue_on`]).
     pub async fn enqueue(&self, record: Record) -> Result<PendingDelivery, DeliveryError> {
+        self.enqueue_on(record, Pace::Batched).await
+    }
+
+    /// Queues `record` for Kafka at `pace`, in call order. When the local
+    /// queue is full it waits (backpressure) for at most the delivery timeout.
+    pub async fn enqueue_on(
+        &self,
+        record: Record,
+        pace: Pace,
+    ) -> Result<PendingDelivery, DeliveryError> {
+        let inner = match (pace, &self.prompt) {
+            (Pace::Prompt, Some(prompt)) => prompt,
+            _ => &self.batched,
+        };
         let started = Instant::now();
         let mut backoff = QUEUE_FULL_BACKOFF;
         let mut future_record = FutureRecord::to(&record.topic)
@@ -193,10 +251,11 @@ impl Producer {
             future_record = future_record.key(&key[..]);
         }
         loop {
-            match self.inner.send_result(future_record) {
+            match inner.send_result(future_record) {
                 Ok(delivery) => {
                     return Ok(PendingDelivery {
                         delivery,
+                        _outstanding: Outstanding::count(&self.outstanding),
                         health: self.health.clone(),
                         route: record.route,
                         metrics: record.metrics,
@@ -239,21 +298,29 @@ impl Producer {
 
     /// Records queued or in flight to Kafka, not yet reported on.
     pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
+        self.batched.in_flight_count() + self.prompt.as_ref().map_or(0, |p| p.in_flight_count())
     }
 
     /// Waits (off the async runtime) until every queued record is reported on, or
     /// `timeout` passes.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.flush(Timeout::After(timeout)))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
+        let batched = self.batched.clone();
+        let prompt = self.prompt.clone();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            if let Some(prompt) = prompt {
+                prompt.flush(Timeout::After(timeout))?;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            batched.flush(Timeout::After(left))
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
     }
 
     /// Fetches cluster metadata (off the async runtime); returns the broker count.
     pub async fn fetch_metadata(&self, timeout: Duration) -> Result<usize, KafkaError> {
-        let inner = self.inner.clone();
+        let inner = self.batched.clone();
         tokio::task::spawn_blocking(move || {
             inner
                 .client()
@@ -265,10 +332,28 @@ impl Producer {
     }
 }
 
+/// One record counted in [`Producer::pace_for`]'s load until its report
+/// arrives or nobody waits for it any more.
+struct Outstanding(Arc<AtomicUsize>);
+
+impl Outstanding {
+    fn count(outstanding: &Arc<AtomicUsize>) -> Outstanding {
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(outstanding.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A queued record's delivery report, still to come.
 #[must_use = "a delivery that is not awaited tells nobody whether the record is in Kafka"]
 pub struct PendingDelivery {
     delivery: DeliveryFuture,
+    _outstanding: Outstanding,
     /// Told of every positive report: one ends an outage as surely as a metadata
     /// fetch does, and sooner when records are flowing.
     health: KafkaHealth,
@@ -317,6 +402,38 @@ impl Future for PendingDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pace_follows_the_load_with_hysteresis() {
+        let config = KafkaConfig {
+            linger_above_records: 8,
+            ..KafkaConfig::default()
+        };
+        let producer = Producer::new(&config).unwrap();
+        assert_eq!(producer.pace_for(Pace::Prompt), Pace::Prompt);
+        let mut held: Vec<Outstanding> = (0..9)
+            .map(|_| Outstanding::count(&producer.outstanding))
+            .collect();
+        assert_eq!(producer.pace_for(Pace::Prompt), Pace::Batched, "9 > 8");
+        held.truncate(2);
+        assert_eq!(
+            producer.pace_for(Pace::Batched),
+            Pace::Batched,
+            "2 is not < 8/4"
+        );
+        held.truncate(1);
+        assert_eq!(producer.pace_for(Pace::Batched), Pace::Prompt, "1 < 8/4");
+        drop(held);
+        assert_eq!(producer.outstanding.load(Ordering::Relaxed), 0);
+
+        let always = Producer::new(&KafkaConfig {
+            linger_above_records: 0,
+            ..KafkaConfig::default()
+        })
+        .unwrap();
+        assert!(always.prompt.is_none());
+        assert_eq!(always.pace_for(Pace::Prompt), Pace::Batched);
+    }
 
     #[test]
     fn reasons_are_bounded_labels() {

@@ -209,6 +209,25 @@ impl DeliveryDenied {
     }
 }
 
+/// Connections that changed the pace of their Kafka records, by `to`
+/// (`prompt`: sent at once while the load is light; `batched`: lingering).
+pub const KAFKA_PACE_CHANGES_TOTAL: &str = "tributary_kafka_pace_changes_total";
+
+/// A connection's Kafka records take another pace from now on.
+pub struct PaceChanged {
+    pub to: tributary_bridge::Pace,
+}
+
+impl PaceChanged {
+    pub fn emit(self) {
+        let to = match self.to {
+            tributary_bridge::Pace::Prompt => "prompt",
+            tributary_bridge::Pace::Batched => "batched",
+        };
+        metrics::counter!(KAFKA_PACE_CHANGES_TOTAL, "to" => to).increment(1);
+    }
+}
+
 /// The spool opened (`[spool] enabled`), with what recovery found.
 pub struct SpoolOpened<'a> {
     pub dir: &'a std::path::Path,

@@ -18,7 +18,12 @@ async fn ten_clients_two_thousand_qos1_each_all_in_kafka_in_order_and_at_a_subsc
     let bootstrap = require_kafka();
     let topic = unique_topic("tributary-gateway");
     create_topic(&bootstrap, &topic, 1).await;
-    let server = common::start(&bootstrap, &[("load/#", &topic)], |_| {}).await;
+    // Connections change pace (prompt ↔ batched producer) as the load
+    // crosses this, often: order must survive every change.
+    let server = common::start(&bootstrap, &[("load/#", &topic)], |config| {
+        config.kafka.linger_above_records = 50;
+    })
+    .await;
     let addr = server.mqtt_addr();
 
     // A subscriber on the same topics, through the broker side.
@@ -134,5 +139,143 @@ async fn ten_clients_two_thousand_qos1_each_all_in_kafka_in_order_and_at_a_subsc
     )
     .await;
     assert!(received >= (CLIENTS * PER_CLIENT) as f64, "{received}");
+    // The pace did change under this load (else order across changes was
+    // not tested).
+    let to_batched = common::metric(
+        &server,
+        "tributary_kafka_pace_changes_total{to=\"batched\"}",
+    )
+    .await;
+    assert!(to_batched >= 1.0, "no connection changed pace");
+    server.shutdown().await;
+}
+
+/// One device publishes steadily while others come and go: the load crosses
+/// the pace threshold both ways, and its records change producer (prompt ↔
+/// batched, the batched one lingering long) without ever overtaking each
+/// other in Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_changing_pace_under_changing_load_keeps_its_order_in_kafka() {
+    let bootstrap = require_kafka();
+    let topic = unique_topic("tributary-pace");
+    create_topic(&bootstrap, &topic, 1).await;
+    let server = common::start(&bootstrap, &[("pace/#", &topic)], |config| {
+        config.kafka.linger_ms = 100;
+        config.kafka.linger_above_records = 100;
+    })
+    .await;
+    let addr = server.mqtt_addr();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // Paced, with room in its window: new publishes arrive while
+            // earlier ones still linger in the batched producer.
+            let mut options = common::v4_options(addr, "steady");
+            options.set_inflight(50);
+            let (client, mut eventloop) = AsyncClient::new(options, 10);
+            let sender = tokio::spawn(async move {
+                let mut sent = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 100_000 {
+                    client
+                        .publish("pace/steady", QoS::AtLeastOnce, false, format!("{sent}"))
+                        .await
+                        .unwrap();
+                    sent += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (client, sent)
+            });
+            let mut acked = 0usize;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                if sender.is_finished() {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => panic!("steady: connection failed: {e}"),
+                    Err(_) => panic!("steady: stuck after {acked} PUBACKs"),
+                }
+            }
+            let (_client, sent) = sender.await.unwrap();
+            while acked < sent {
+                match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => panic!("steady: connection failed: {e}"),
+                    Err(_) => panic!("steady: only {acked} of {sent} PUBACKs"),
+                }
+            }
+            sent
+        })
+    };
+
+    // Twice: a crowd pushes the load over the threshold, then leaves.
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut crowd = Vec::new();
+        for c in 0..4 {
+            crowd.push(tokio::spawn(async move {
+                let client_id = format!("crowd-{round}-{c}");
+                let mut options = common::v4_options(addr, &client_id);
+                options.set_inflight(100);
+                let (client, mut eventloop) = AsyncClient::new(options, 200);
+                let sender = tokio::spawn(async move {
+                    for seq in 0..500 {
+                        client
+                            .publish("pace/crowd", QoS::AtLeastOnce, false, format!("x{seq}"))
+                            .await
+                            .unwrap();
+                    }
+                    client
+                });
+                let mut acked = 0;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while acked < 500 {
+                    match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                        Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => panic!("{client_id}: connection failed: {e}"),
+                        Err(_) => panic!("{client_id}: only {acked} PUBACKs"),
+                    }
+                }
+                drop(sender.await.unwrap());
+            }));
+        }
+        for member in crowd {
+            member.await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = steady.await.unwrap();
+
+    let messages = consume(&bootstrap, &topic, sent + 4_000, Duration::from_secs(60));
+    let steady_seqs: Vec<usize> = messages
+        .iter()
+        .filter(|m| m.key() == Some(&b"steady"[..]))
+        .map(|m| {
+            std::str::from_utf8(m.payload().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steady_seqs.len(), sent, "every steady message, once");
+    let out_of_order = steady_seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    assert_eq!(
+        out_of_order, 0,
+        "steady's records overtook each other in Kafka"
+    );
+    let back_to_prompt =
+        common::metric(&server, "tributary_kafka_pace_changes_total{to=\"prompt\"}").await;
+    assert!(
+        back_to_prompt >= 2.0,
+        "the pace did not come back: {back_to_prompt}"
+    );
+    println!("steady sent {sent}; pace changes back to prompt: {back_to_prompt}");
     server.shutdown().await;
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use tributary_bridge::spool::{SpoolHandle, SpooledRecord};
-use tributary_bridge::{DeliveryError, MqttPublish, Producer, Record, RouteTable};
+use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record, RouteTable};
 
 use super::gate::Report;
 
@@ -31,10 +31,19 @@ impl Forwarder {
         }
     }
 
-    /// Queues one record per route `message` matches, in order; the reports
-    /// say when each is in Kafka or durable in the spool. No reports: no route
-    /// matched.
-    pub async fn forward(&self, message: &MqttPublish) -> Result<Vec<Report>, DeliveryError> {
+    /// The producer pace a connection now on `current` should take.
+    pub fn pace_for(&self, current: Pace) -> Pace {
+        self.producer.pace_for(current)
+    }
+
+    /// Queues one record per route `message` matches, in order, those for
+    /// Kafka at the producer's `pace`; the reports say when each is in Kafka
+    /// or durable in the spool. No reports: no route matched.
+    pub async fn forward(
+        &self,
+        message: &MqttPublish,
+        pace: Pace,
+    ) -> Result<Vec<Report>, DeliveryError> {
         let routes = self.routes.matches(&message.topic);
         let mut reports = Vec::with_capacity(routes.len());
         let mut spooled = Vec::new();
@@ -46,7 +55,7 @@ impl Forwarder {
                     SpooledRecord::of(&record).encode(&mut entry);
                     spooled.push(entry);
                 }
-                _ => reports.push(Report::Kafka(self.producer.enqueue(record).await?)),
+                _ => reports.push(Report::Kafka(self.producer.enqueue_on(record, pace).await?)),
             }
         }
         if let (Some(spool), false) = (&self.spool, spooled.is_empty()) {

@@ -18,7 +18,7 @@ use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecReason, PubRel, Publish, PublishProperties,
 };
-use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish};
+use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, Pace};
 
 use super::codec::{self, Version};
 use super::connection::Connection;
@@ -45,6 +45,12 @@ pub struct Inbound {
     awaiting_pubrel: HashSet<u16>,
     /// MQTT 5 topic aliases set by the client.
     topic_aliases: HashMap<u16, Bytes>,
+    /// The producer pace this connection's Kafka records take. It changes
+    /// only while none of them is in the gate, so they stay in order.
+    pace: Pace,
+    /// A change of pace waits for the gate to empty; no publish is read
+    /// meanwhile.
+    changing_pace: bool,
 }
 
 /// What a gate entry does when released.
@@ -80,7 +86,31 @@ impl Inbound {
             qos2_in_gate: HashSet::new(),
             awaiting_pubrel,
             topic_aliases: HashMap::new(),
+            pace: Pace::default(),
+            changing_pace: false,
         }
+    }
+
+    /// Follows the load: takes the pace the producer suggests now if
+    /// nothing is in the gate, else holds further publishes until it empties
+    /// (see [`Inbound::changing_pace`]).
+    pub fn settle_pace(&mut self, ctx: &LinkContext) {
+        let wanted = ctx.forwarder.pace_for(self.pace);
+        if wanted == self.pace {
+            self.changing_pace = false;
+        } else if self.gate.is_empty() {
+            events::PaceChanged { to: wanted }.emit();
+            self.pace = wanted;
+            self.changing_pace = false;
+        } else {
+            self.changing_pace = true;
+        }
+    }
+
+    /// Whether reading publishes waits for the gate to empty, so the
+    /// connection can change pace without reordering its records.
+    pub fn changing_pace(&self) -> bool {
+        self.changing_pace
     }
 
     /// What the session keeps of this side when the connection ends.
@@ -219,7 +249,7 @@ impl Inbound {
             username: identity.username.clone(),
             cert_cn: identity.cert_cn.clone(),
         };
-        let deliveries = ctx.forwarder.forward(&message).await;
+        let deliveries = ctx.forwarder.forward(&message, self.pace).await;
         // What the router forgets travels with the message (see `origin`).
         let origin = Origin::now(meta.qos, meta.retain, client_id);
         let properties = origin.attach(properties);

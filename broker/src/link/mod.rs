@@ -162,6 +162,7 @@ impl Link {
         // among what must still be read.
         let window = usize::from(self.ctx.config.receive_maximum);
         self.ctx.qos0_budget.available_permits() > 0
+            && !self.inbound.changing_pace()
             && (self.conn.version() == Version::V5 || self.inbound.waiting() < window)
     }
 
@@ -187,6 +188,7 @@ impl Link {
             if draining && self.inbound.waiting() == 0 {
                 return End::Shutdown;
             }
+            self.inbound.settle_pace(&self.ctx);
             let budget_exhausted = self.ctx.qos0_budget.available_permits() == 0;
             let can_read = !draining && !budget_exhausted && self.window_open();
             if !can_read || self.conn.has_buffered() {
@@ -279,13 +281,16 @@ impl Link {
     /// Handles every complete packet already read, while the window has room;
     /// the rest waits in the buffer.
     async fn handle_buffered_packets(&mut self) -> Result<(), End> {
-        while self.window_open() {
+        loop {
+            self.inbound.settle_pace(&self.ctx);
+            if !self.window_open() {
+                return Ok(());
+            }
             let Some(incoming) = self.conn.next_packet()? else {
                 return Ok(());
             };
             self.handle_packet(incoming).await?;
         }
-        Ok(())
     }
 
     async fn handle_packet(&mut self, incoming: Incoming) -> Result<(), End> {

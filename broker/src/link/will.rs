@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttd::protocol::{LastWill, LastWillProperties, Packet, Publish, PublishProperties};
-use tributary_bridge::MqttPublish;
+use tributary_bridge::{MqttPublish, Pace};
 
 use crate::events;
 use crate::link::forward::Forwarder;
@@ -171,7 +171,7 @@ impl Wills {
         // Like a publish: into Kafka, or durable in the spool, before any
         // subscriber sees it.
         let mut kafka_ok = true;
-        let reports = match self.forwarder.forward(&message).await {
+        let reports = match self.forwarder.forward(&message, Pace::Batched).await {
             Ok(reports) => reports,
             Err(error) => {
                 kafka_ok = false;
