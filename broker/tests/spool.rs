@@ -444,3 +444,135 @@ key = "client_id"
     drop(kafka);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_refuses_mqtt5_with_0x97_holds_mqtt311_and_loses_nothing() {
+    let kafka = common::OwnKafka::start(KAFKA_PORT + 6);
+    let bootstrap = kafka.bootstrap();
+    let topic = unique_topic("tributary-spool-full");
+    create_topic(&bootstrap, &topic, 1).await;
+    let dir = common::pki::dir("spool-full");
+    let config = dir.join("tributary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+delivery_timeout_ms = 3000
+[spool]
+enabled = true
+dir = "{}"
+max_bytes = 1048576
+[[routes]]
+name = "spooled"
+mqtt_filters = ["spooled/#"]
+kafka_topic = "{topic}"
+key = "client_id"
+"#,
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    kafka.stop();
+    let server = common::Process::start(&config);
+    let addr = server.mqtt_addr();
+
+    // MQTT 5: acknowledged until the spool is full, then Quota exceeded.
+    let mut v5 = Raw::connect(addr).await;
+    v5.send(&connect(5, "filler")).await;
+    assert!(v5
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    let payload = vec![b'x'; 1000];
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 1..=5_000u16 {
+        let body = [format!("{i:05}-").as_bytes(), &payload].concat();
+        v5.send(&publish_qos1(5, "spooled/dev", i, &body)).await;
+        let puback = v5
+            .read_packet(0x40, Duration::from_secs(10))
+            .await
+            .expect("a PUBACK, positive or not");
+        match puback.get(4).copied().unwrap_or(0) {
+            0 => acknowledged.push(format!("{i:05}")),
+            code => {
+                refusal = Some(code);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refusal,
+        Some(0x97),
+        "MQTT 5: Quota exceeded once the spool is full (after {} acknowledged)",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() > 100,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+
+    // MQTT 3.1.1 cannot be told: no PUBACK, the connection stays, and the
+    // publish waits for room (as large as the one refused: it does not fit).
+    let mut v4 = Raw::connect(addr).await;
+    v4.send(&connect(4, "old-device")).await;
+    assert!(v4
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    let body = [&b"v4old-"[..], &payload].concat();
+    v4.send(&publish_qos1(4, "spooled/old", 1, &body)).await;
+    assert_eq!(
+        v4.read_packet(0x40, Duration::from_secs(3)).await,
+        None,
+        "MQTT 3.1.1: no PUBACK while the spool is full"
+    );
+
+    // Kafka returns, the drain makes room: the waiting publish is stored and
+    // acknowledged on the same connection.
+    kafka.restart();
+    let puback = v4.read_packet(0x40, Duration::from_secs(120)).await;
+    assert_eq!(
+        puback,
+        Some(vec![0x40, 0x02, 0x00, 0x01]),
+        "MQTT 3.1.1: acknowledged once there was room"
+    );
+
+    // Everything acknowledged is in Kafka, each device's in order.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        let records = consume(&bootstrap, &topic, 100_000, Duration::from_secs(5));
+        let mut seen: Vec<String> = Vec::new();
+        for r in &records {
+            let p = String::from_utf8_lossy(r.payload().unwrap_or_default());
+            let id = p.split('-').next().unwrap_or_default().to_owned();
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+        }
+        if seen.len() > acknowledged.len() || std::time::Instant::now() > deadline {
+            break seen;
+        }
+    };
+    let v5_seen: Vec<&String> = seen.iter().filter(|id| *id != "v4old").collect();
+    assert!(
+        v5_seen.iter().copied().eq(acknowledged.iter()),
+        "MQTT 5: every acknowledged message, in order ({} of {})",
+        v5_seen.len(),
+        acknowledged.len()
+    );
+    assert!(
+        seen.iter().any(|id| id == "v4old"),
+        "the MQTT 3.1.1 publish"
+    );
+    drop(server);
+    drop(kafka);
+    let _ = std::fs::remove_dir_all(dir);
+}

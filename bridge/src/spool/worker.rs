@@ -9,6 +9,7 @@
 //! It never answers an append before its fsync (with `Always`), and never
 //! reorders: appends are written in the order they were handed over.
 
+use std::collections::VecDeque;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ enum Command {
     Append {
         entries: Vec<Vec<u8>>,
         reply: oneshot::Sender<Result<Position, SpoolError>>,
+        /// When the spool is full: wait for room (in order, behind every
+        /// other waiting append) instead of being refused.
+        wait: bool,
     },
     Read {
         from: Position,
@@ -95,11 +99,28 @@ impl SpoolHandle {
     }
 
     /// Hands `entries` to the spool's thread now (so appends keep the order
-    /// of the calls) and returns the answer to wait for.
+    /// of the calls) and returns the answer to wait for. A full spool
+    /// answers at once with [`SpoolError::Full`] (or `DiskFull`).
     pub async fn submit(&self, entries: Vec<Vec<u8>>) -> Result<SpoolAck, SpoolError> {
+        self.send_append(entries, false).await
+    }
+
+    /// Like [`SpoolHandle::submit`], but a full spool keeps the entries (in
+    /// memory, in order behind every other waiting submit) and answers once
+    /// the drain made room for them: backpressure for callers that cannot be
+    /// told "full". Only a batch larger than the whole spool is refused.
+    pub async fn submit_waiting(&self, entries: Vec<Vec<u8>>) -> Result<SpoolAck, SpoolError> {
+        self.send_append(entries, true).await
+    }
+
+    async fn send_append(&self, entries: Vec<Vec<u8>>, wait: bool) -> Result<SpoolAck, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send_async(Command::Append { entries, reply })
+            .send_async(Command::Append {
+                entries,
+                reply,
+                wait,
+            })
             .await
             .map_err(|_| SpoolError::Stopped)?;
         Ok(answer)
@@ -144,11 +165,53 @@ impl SpoolHandle {
     }
 }
 
+/// An append waiting for room in a full spool.
+struct Held {
+    entries: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<Position, SpoolError>>,
+}
+
+/// What became of one append.
+enum Appended {
+    /// Written (durable after the next fsync): the reply, the position of its
+    /// last entry, its record count.
+    Done(
+        oneshot::Sender<Result<Position, SpoolError>>,
+        Position,
+        usize,
+    ),
+    /// The spool is full and the caller waits for room.
+    Wait(Held),
+    /// Refused, and the caller told why.
+    Refused,
+}
+
+/// `retry`: an append that already waited (its refusal was counted).
+fn try_append(spool: &mut Spool, append: Held, wait: bool, retry: bool) -> Appended {
+    let refs: Vec<&[u8]> = append.entries.iter().map(Vec::as_slice).collect();
+    match spool.append(&refs) {
+        Ok(position) => Appended::Done(append.reply, position, append.entries.len()),
+        Err(error) => {
+            if !retry {
+                events::SpoolRefused { error: &error }.emit();
+            }
+            if wait && matches!(error, SpoolError::Full { .. } | SpoolError::DiskFull { .. }) {
+                Appended::Wait(append)
+            } else {
+                let _ = append.reply.send(Err(error));
+                Appended::Refused
+            }
+        }
+    }
+}
+
 /// The thread: takes every request waiting, appends in order, one fsync,
 /// then answers.
 fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
+    // Appends waiting for room, oldest first.
+    let mut held: VecDeque<Held> = VecDeque::new();
     loop {
         let first = match (policy, unsynced) {
             (FsyncPolicy::Interval(every), true) => {
@@ -181,28 +244,35 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
         let mut group_records = 0;
         for command in group {
             match command {
-                Command::Append { entries, reply } => {
-                    let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-                    match spool.append(&refs) {
-                        Ok(position) => match policy {
+                Command::Append {
+                    entries,
+                    reply,
+                    wait,
+                } => {
+                    let append = Held { entries, reply };
+                    if wait && !held.is_empty() {
+                        // Behind the others waiting: order is kept.
+                        held.push_back(append);
+                        continue;
+                    }
+                    match try_append(&mut spool, append, wait, false) {
+                        Appended::Done(reply, position, records) => match policy {
                             FsyncPolicy::Always => {
-                                group_records += entries.len();
+                                group_records += records;
                                 durable_after_sync.push((reply, position));
                             }
                             FsyncPolicy::Interval(_) => {
                                 unsynced = true;
                                 events::SpoolAppended {
-                                    records: entries.len(),
+                                    records,
                                     fsync: None,
                                 }
                                 .emit();
                                 let _ = reply.send(Ok(position));
                             }
                         },
-                        Err(error) => {
-                            events::SpoolRefused { error: &error }.emit();
-                            let _ = reply.send(Err(error));
-                        }
+                        Appended::Wait(append) => held.push_back(append),
+                        Appended::Refused => {}
                     }
                 }
                 Command::Read {
@@ -214,7 +284,34 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
                     let _ = reply.send(spool.read(from, max_entries, max_bytes));
                 }
                 Command::Commit { upto, reply } => {
-                    let _ = reply.send(spool.commit(upto));
+                    let committed = spool.commit(upto);
+                    let freed = committed.is_ok();
+                    let _ = reply.send(committed);
+                    // Room was made: what waited goes in, in order.
+                    while let (true, Some(append)) = (freed, held.pop_front()) {
+                        match try_append(&mut spool, append, true, true) {
+                            Appended::Done(reply, position, records) => match policy {
+                                FsyncPolicy::Always => {
+                                    group_records += records;
+                                    durable_after_sync.push((reply, position));
+                                }
+                                FsyncPolicy::Interval(_) => {
+                                    unsynced = true;
+                                    events::SpoolAppended {
+                                        records,
+                                        fsync: None,
+                                    }
+                                    .emit();
+                                    let _ = reply.send(Ok(position));
+                                }
+                            },
+                            Appended::Wait(append) => {
+                                held.push_front(append);
+                                break;
+                            }
+                            Appended::Refused => {}
+                        }
+                    }
                 }
                 Command::Stats { reply } => {
                     let _ = reply.send((spool.stats(), spool.read_start()));
@@ -334,6 +431,53 @@ mod tests {
         let last = *accepted.last().unwrap();
         spool.commit(last).await.unwrap();
         spool.append(vec![vec![8u8; 500]]).await.unwrap();
+        drop(spool);
+        thread.join();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_submit_is_answered_in_order_once_a_commit_makes_room() {
+        let dir = temp_dir("wait");
+        let config = SpoolConfig {
+            segment_bytes: 4096,
+            ..SpoolConfig::new(&dir, 8192)
+        };
+        let (spool, thread, _) = SpoolHandle::start(config).unwrap();
+        let mut accepted = Vec::new();
+        loop {
+            match spool.append(vec![vec![7u8; 500]]).await {
+                Ok(position) => accepted.push(position),
+                Err(_) => break,
+            }
+            assert!(accepted.len() < 100, "never full");
+        }
+        // Two waiters, then one that may not wait.
+        let mut first = spool.submit_waiting(vec![vec![1u8; 500]]).await.unwrap();
+        let mut second = spool.submit_waiting(vec![vec![2u8; 500]]).await.unwrap();
+        let refused = spool
+            .submit(vec![vec![3u8; 500]])
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            matches!(refused, Err(SpoolError::Full { .. })),
+            "{refused:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            first.try_recv().is_err(),
+            "answered while the spool is full"
+        );
+        assert!(second.try_recv().is_err());
+        spool.commit(*accepted.last().unwrap()).await.unwrap();
+        let first = first.await.unwrap().unwrap();
+        let second = second.await.unwrap().unwrap();
+        assert!(first < second, "in the order submitted");
+        let read = spool.read(accepted[0], 100, 1 << 20).await.unwrap();
+        let bytes: Vec<u8> = read.entries.iter().map(|(_, e)| e[0]).collect();
+        assert_eq!(bytes, [1, 2], "both stored, in order, nothing else");
         drop(spool);
         thread.join();
         std::fs::remove_dir_all(dir).unwrap();

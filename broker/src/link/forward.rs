@@ -14,6 +14,16 @@ use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record, Route
 
 use super::gate::Report;
 
+/// What a full spool does with a publish's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse them at once (MQTT 5: PUBACK 0x97).
+    Refuse,
+    /// Keep them waiting, in order, until the drain makes room (MQTT 3.1.1,
+    /// which has no way to say "full": no acknowledgement until then).
+    Wait,
+}
+
 #[derive(Clone)]
 pub struct Forwarder {
     routes: Arc<RouteTable>,
@@ -43,6 +53,7 @@ impl Forwarder {
         &self,
         message: &MqttPublish,
         pace: Pace,
+        when_full: WhenFull,
     ) -> Result<Vec<Report>, DeliveryError> {
         let routes = self.routes.matches(&message.topic);
         let mut reports = Vec::with_capacity(routes.len());
@@ -61,10 +72,11 @@ impl Forwarder {
         if let (Some(spool), false) = (&self.spool, spooled.is_empty()) {
             // Written ahead: durable in the spool, from which the drain
             // produces it to Kafka in order.
-            let ack = spool
-                .submit(spooled)
-                .await
-                .map_err(|_| DeliveryError::SpoolFailed)?;
+            let ack = match when_full {
+                WhenFull::Refuse => spool.submit(spooled).await,
+                WhenFull::Wait => spool.submit_waiting(spooled).await,
+            }
+            .map_err(|_| DeliveryError::SpoolFailed)?;
             reports.push(Report::Spooled(ack));
         }
         Ok(reports)

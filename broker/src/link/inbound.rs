@@ -22,6 +22,7 @@ use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, Pace};
 
 use super::codec::{self, Version};
 use super::connection::Connection;
+use super::forward::WhenFull;
 use super::gate::{AllDelivered, Gate, Released};
 use super::origin::Origin;
 use super::retained::RetainedMessage;
@@ -249,7 +250,13 @@ impl Inbound {
             username: identity.username.clone(),
             cert_cn: identity.cert_cn.clone(),
         };
-        let deliveries = ctx.forwarder.forward(&message, self.pace).await;
+        // An MQTT 3.1.1 device cannot be told the spool is full: its publish
+        // waits for room instead (its window fills, reading stops).
+        let when_full = match version {
+            Version::V4 => WhenFull::Wait,
+            Version::V5 => WhenFull::Refuse,
+        };
+        let deliveries = ctx.forwarder.forward(&message, self.pace, when_full).await;
         // What the router forgets travels with the message (see `origin`).
         let origin = Origin::now(meta.qos, meta.retain, client_id);
         let properties = origin.attach(properties);

@@ -14,7 +14,7 @@ use rumqttd::protocol::{LastWill, LastWillProperties, Packet, Publish, PublishPr
 use tributary_bridge::{MqttPublish, Pace};
 
 use crate::events;
-use crate::link::forward::Forwarder;
+use crate::link::forward::{Forwarder, WhenFull};
 use crate::link::origin::Origin;
 use crate::link::registry::Registry;
 use crate::link::retained::{Retained, RetainedMessage};
@@ -171,7 +171,11 @@ impl Wills {
         // Like a publish: into Kafka, or durable in the spool, before any
         // subscriber sees it.
         let mut kafka_ok = true;
-        let reports = match self.forwarder.forward(&message, Pace::Batched).await {
+        let reports = match self
+            .forwarder
+            .forward(&message, Pace::Batched, WhenFull::Refuse)
+            .await
+        {
             Ok(reports) => reports,
             Err(error) => {
                 kafka_ok = false;
