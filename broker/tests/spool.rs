@@ -163,10 +163,39 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
         puback.len() >= 5 && puback[4] >= 0x80,
         "a route with spool = \"off\" acknowledged a publish Kafka never had: {puback:02x?}"
     );
+    // QoS 2, both versions: PUBREC and PUBCOMP while Kafka is gone.
+    for version in [4u8, 5] {
+        let mut q2 = Raw::connect(addr).await;
+        q2.send(&connect(version, &format!("qos2-{version}"))).await;
+        assert!(q2
+            .read_until(&[0x20], Duration::from_secs(5))
+            .await
+            .is_some());
+        let mut body = string(b"spooled/q2");
+        body.extend(7u16.to_be_bytes());
+        if version == 5 {
+            body.push(0);
+        }
+        body.extend(format!("q2-v{version}").as_bytes());
+        q2.send(&packet(0x34, &body)).await;
+        let pubrec = q2
+            .read_packet(0x50, Duration::from_secs(5))
+            .await
+            .expect("a PUBREC");
+        assert!(
+            pubrec.len() == 4 || pubrec[4] == 0,
+            "MQTT {version}: QoS 2 refused while Kafka is down: {pubrec:02x?}"
+        );
+        q2.send(&packet(0x62, &7u16.to_be_bytes())).await;
+        assert!(
+            q2.read_packet(0x70, Duration::from_secs(5)).await.is_some(),
+            "MQTT {version}: no PUBCOMP"
+        );
+    }
     common::eventually(
         Duration::from_secs(10),
-        "the QoS 0 publishes and the will in the spool",
-        || async { common::metric(&server, "tributary_spool_records").await >= 46.0 },
+        "the QoS 0 and QoS 2 publishes and the will in the spool",
+        || async { common::metric(&server, "tributary_spool_records").await >= 48.0 },
     )
     .await;
 
@@ -202,6 +231,8 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
             .iter()
             .all(|&v| first_seen(&payloads, v).len() == MESSAGES as usize)
             && payloads.iter().any(|p| p == "will-1")
+            && payloads.iter().any(|p| p == "q2-v4")
+            && payloads.iter().any(|p| p == "q2-v5")
             && payloads.iter().filter(|p| p.starts_with("q0-")).count() >= 5;
         if complete || std::time::Instant::now() > deadline {
             break payloads;
@@ -224,6 +255,12 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
         payloads.iter().any(|p| p == "will-1"),
         "the will published during the outage is not in Kafka: {payloads:?}"
     );
+    for q2 in ["q2-v4", "q2-v5"] {
+        assert!(
+            payloads.iter().any(|p| p == q2),
+            "{q2}, completed during the outage, is not in Kafka"
+        );
+    }
     println!(
         "{} records in Kafka for {} acknowledged publishes",
         payloads.len(),
