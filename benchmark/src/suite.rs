@@ -1,4 +1,5 @@
-//! `suite`: the fixed matrix on this machine, against a real Kafka. Starts
+//! `suite`: the fixed matrix on this machine, against a real Kafka, plus two
+//! light-load latency scenarios (one connection, 1 or 10 in flight). Starts
 //! Tributary (and Mosquitto for the broker-only comparison) itself, runs every
 //! scenario while sampling the server's CPU time and RSS from /proc, verifies
 //! every routed QoS 1/2 run in Kafka, and writes `<out>/<name>.md` and SVG
@@ -51,12 +52,36 @@ pub struct Scenario {
     pub qos: u8,
     pub payload: usize,
     pub connections: u32,
+    /// Unacknowledged publishes per connection.
+    pub inflight: u16,
 }
 
 pub const QOS: [u8; 3] = [0, 1, 2];
 pub const PAYLOADS: [usize; 2] = [64, 1024];
 pub const CONNECTIONS: [u32; 3] = [1, 16, 256];
+/// In flight per connection in the throughput matrix (and for `direct`).
+pub const MATRIX_INFLIGHT: u16 = 64;
+/// In flight on the single connection of the light-load latency scenarios:
+/// what one device waiting for each PUBACK, or keeping a few outstanding, sees.
+pub const LIGHT_INFLIGHT: [u16; 2] = [1, 10];
 
+impl Scenario {
+    /// QoS 1, 64 B, one connection with `inflight` outstanding.
+    pub fn light(inflight: u16) -> Scenario {
+        Scenario {
+            qos: 1,
+            payload: 64,
+            connections: 1,
+            inflight,
+        }
+    }
+
+    pub fn is_light(&self) -> bool {
+        self.inflight != MATRIX_INFLIGHT
+    }
+}
+
+/// The throughput matrix, then the light-load latency scenarios.
 fn scenarios() -> Vec<Scenario> {
     let mut all = Vec::new();
     for qos in QOS {
@@ -66,10 +91,12 @@ fn scenarios() -> Vec<Scenario> {
                     qos,
                     payload,
                     connections,
+                    inflight: MATRIX_INFLIGHT,
                 });
             }
         }
     }
+    all.extend(LIGHT_INFLIGHT.map(Scenario::light));
     all
 }
 
@@ -139,7 +166,7 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
                 host: "127.0.0.1".into(),
                 port,
                 connections: scenario.connections,
-                inflight: 64,
+                inflight: scenario.inflight,
                 qos: scenario.qos,
                 payload_size: scenario.payload,
                 messages: 0,
@@ -183,12 +210,13 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
                 qos: 1,
                 payload,
                 connections,
+                inflight: MATRIX_INFLIGHT,
             };
             let direct_args = DirectArgs {
                 bootstrap: args.bootstrap.clone(),
                 topic: format!("bench-{stamp}-direct"),
                 connections,
-                inflight: 64,
+                inflight: u32::from(MATRIX_INFLIGHT),
                 payload_size: payload,
                 messages: 0,
                 duration_secs: Some(seconds),
@@ -228,11 +256,12 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
 
 fn progress_line(target: Target, scenario: &Scenario, result: &RunResult) -> String {
     format!(
-        "{:<10} qos {} {:>4} B {:>3} conn: {:>9.0} msg/s  p99 {:>7.2} ms",
+        "{:<10} qos {} {:>4} B {:>3} conn {:>2} in flight: {:>9.0} msg/s  p99 {:>7.2} ms",
         target.label(),
         scenario.qos,
         scenario.payload,
         scenario.connections,
+        scenario.inflight,
         result.msgs_per_sec,
         result.latency_us.map_or(0.0, |p| p.p99 as f64 / 1000.0)
     )

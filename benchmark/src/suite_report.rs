@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::report::RunResult;
-use crate::suite::{Scenario, Usage};
+use crate::suite::{Scenario, Usage, CONNECTIONS, LIGHT_INFLIGHT, MATRIX_INFLIGHT, PAYLOADS};
 use crate::verify::Verdict;
 
 /// What a row measured.
@@ -62,11 +62,23 @@ pub struct Row {
     pub verdict: Option<Verdict>,
 }
 
+impl Row {
+    /// Server CPU time per completed message, in µs: the cost of a message
+    /// whatever the load generator managed to push. `None` without a sampled
+    /// server (`direct`) or without a completed message.
+    pub fn cpu_us_per_message(&self) -> Option<f64> {
+        let usage = self.usage?;
+        (self.result.messages > 0).then(|| usage.cpu_secs * 1e6 / self.result.messages as f64)
+    }
+}
+
+/// The row of `target` for `scenario`; `direct` has no QoS, so any QoS matches it.
 fn find(rows: &[Row], target: Target, scenario: Scenario) -> Option<&Row> {
     rows.iter().find(|r| {
         r.target == target
             && r.scenario.payload == scenario.payload
             && r.scenario.connections == scenario.connections
+            && r.scenario.inflight == scenario.inflight
             && (target == Target::Direct || r.scenario.qos == scenario.qos)
     })
 }
@@ -92,7 +104,9 @@ pub fn markdown(rows: &[Row], name: &str, seconds: f64, machine: &str) -> String
         "Machine: {machine}. Local single-node Apache Kafka (scripts/kafka-local), \
          Tributary release build with default producer settings (acks=all, idempotence, \
          linger.ms=5), Mosquitto from Debian; load generator on the same machine. \
-         Each scenario ran {seconds} s with 64 messages in flight per connection.\n"
+         Each scenario ran {seconds} s with {MATRIX_INFLIGHT} messages in flight per \
+         connection, except the light-load ones (one connection, {} in flight).\n",
+        LIGHT_INFLIGHT.map(|n| n.to_string()).join(" or ")
     );
     let _ = writeln!(
         out,
@@ -100,20 +114,23 @@ pub fn markdown(rows: &[Row], name: &str, seconds: f64, machine: &str) -> String
         if seconds < 5.0 { " --quick" } else { "" }
     );
     targets(&mut out, rows);
+    light_load(&mut out, rows);
     let _ = writeln!(
         out,
         "\n## All scenarios\n\nLatency in ms (publish → PUBACK/PUBCOMP; for `direct`, send → \
          delivery report; QoS 0 has none). CPU is the server's user+system time over wall \
-         time. Ratios compare msg/s with `direct` (same payload and connections) and with \
-         Mosquitto (same QoS, payload, connections).\n"
+         time; CPU µs/msg is the server's CPU time during the run divided by the messages \
+         completed. Ratios compare msg/s with `direct` (same payload, connections and in \
+         flight) and with Mosquitto (same QoS, payload, connections and in flight); \
+         \"vs Mosquitto CPU\" compares CPU µs/msg with Mosquitto's (below 1× costs less).\n"
     );
     let _ = writeln!(
         out,
-        "| target | QoS | payload | conns | msg/s | MB/s | p50 | p90 | p99 | p99.9 | max | CPU | peak RSS | vs direct | vs Mosquitto | Kafka check |"
+        "| target | QoS | payload | conns | in flight | msg/s | MB/s | p50 | p90 | p99 | p99.9 | max | CPU | CPU µs/msg | peak RSS | vs direct | vs Mosquitto | vs Mosquitto CPU | Kafka check |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in rows {
         let s = row.scenario;
@@ -145,16 +162,24 @@ pub fn markdown(rows: &[Row], name: &str, seconds: f64, machine: &str) -> String
             .map_or("—".into(), |m| {
                 ratio(r.msgs_per_sec, m.result.msgs_per_sec)
             });
+        let cpu_per_message = row
+            .cpu_us_per_message()
+            .map_or("—".into(), |us| format!("{us:.1}"));
+        let vs_mosquitto_cpu = find(rows, Target::Mosquitto, s)
+            .filter(|_| tributary)
+            .and_then(|m| Some(ratio(row.cpu_us_per_message()?, m.cpu_us_per_message()?)))
+            .unwrap_or_else(|| "—".into());
         let check = row.verdict.as_ref().map_or("—".into(), |v| {
             format!("{} missing, {} dup", v.missing, v.duplicates)
         });
         let _ = writeln!(
             out,
-            "| {} | {} | {} B | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} B | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.target.label(),
             if row.target == Target::Direct { "acks=all".to_owned() } else { s.qos.to_string() },
             s.payload,
             s.connections,
+            s.inflight,
             r.msgs_per_sec,
             r.mb_per_sec,
             latency[0],
@@ -163,9 +188,11 @@ pub fn markdown(rows: &[Row], name: &str, seconds: f64, machine: &str) -> String
             latency[3],
             latency[4],
             cpu,
+            cpu_per_message,
             rss,
             vs_direct,
             vs_mosquitto,
+            vs_mosquitto_cpu,
             check
         );
     }
@@ -188,6 +215,7 @@ fn targets(out: &mut String, rows: &[Row]) {
             qos: 1,
             payload: 64,
             connections,
+            inflight: MATRIX_INFLIGHT,
         };
         if let (Some(routed), Some(direct)) =
             (find(rows, Target::Routed, s), find(rows, Target::Direct, s))
@@ -213,12 +241,13 @@ fn targets(out: &mut String, rows: &[Row]) {
             }
         }
     }
-    for payload in crate::suite::PAYLOADS {
-        for connections in crate::suite::CONNECTIONS {
+    for payload in PAYLOADS {
+        for connections in CONNECTIONS {
             let s = Scenario {
                 qos: 1,
                 payload,
                 connections,
+                inflight: MATRIX_INFLIGHT,
             };
             if let (Some(ours), Some(theirs)) = (
                 find(rows, Target::Unrouted, s),
@@ -247,6 +276,45 @@ fn targets(out: &mut String, rows: &[Row]) {
     );
 }
 
+/// PUBACK latency and CPU cost when the broker is nearly idle: one
+/// connection waiting for each acknowledgement (1 in flight) or keeping a few
+/// outstanding (10). Throughput here is bounded by the round trip, not by the
+/// broker, so latency is the figure; the same rows appear in the full table.
+fn light_load(out: &mut String, rows: &[Row]) {
+    let _ = writeln!(
+        out,
+        "\n## Light load: PUBACK latency\n\nQoS 1, 64 B, one connection. Latency in µs (publish → PUBACK): at this load the \
+         round trip is tens of µs, which the full table's ms would round away.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | in flight | msg/s | p50 | p99 | CPU µs/msg | vs Mosquitto CPU |\n|---|---|---|---|---|---|---|"
+    );
+    for inflight in LIGHT_INFLIGHT {
+        let s = Scenario::light(inflight);
+        for target in [Target::Routed, Target::Unrouted, Target::Mosquitto] {
+            let Some(row) = find(rows, target, s) else {
+                continue;
+            };
+            let (p50, p99) = row.result.latency_us.map_or(("—".into(), "—".into()), |p| {
+                (p.p50.to_string(), p.p99.to_string())
+            });
+            let vs_mosquitto_cpu = find(rows, Target::Mosquitto, s)
+                .filter(|_| target != Target::Mosquitto)
+                .and_then(|m| Some(ratio(row.cpu_us_per_message()?, m.cpu_us_per_message()?)))
+                .unwrap_or_else(|| "—".into());
+            let _ = writeln!(
+                out,
+                "| {} | {inflight} | {:.0} | {p50} | {p99} | {} | {vs_mosquitto_cpu} |",
+                target.label(),
+                row.result.msgs_per_sec,
+                row.cpu_us_per_message()
+                    .map_or("—".into(), |us| format!("{us:.1}")),
+            );
+        }
+    }
+}
+
 fn yes(met: bool) -> &'static str {
     if met {
         "yes"
@@ -260,13 +328,17 @@ pub fn charts(rows: &[Row], dir: &Path, name: &str) -> anyhow::Result<()> {
     let labels: Vec<String> = rows
         .iter()
         .map(|r| {
-            format!(
+            let mut label = format!(
                 "{} q{} {}B {}c",
                 r.target.short(),
                 r.scenario.qos,
                 r.scenario.payload,
                 r.scenario.connections
-            )
+            );
+            if r.scenario.is_light() {
+                let _ = write!(label, " {}if", r.scenario.inflight);
+            }
+            label
         })
         .collect();
     let throughput: Vec<(f64, Target)> = rows
