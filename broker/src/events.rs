@@ -343,6 +343,31 @@ fn qos_label(qos: u8) -> &'static str {
     }
 }
 
+/// Handles of the metrics every publish touches, registered once: a
+/// `metrics::counter!` with a key looks it up in the registry on every call.
+/// Taken only after the recorder is installed (`start` does that first).
+struct PerPublish {
+    received: [metrics::Counter; 3],
+    ack_seconds: [metrics::Histogram; 3],
+    in_flight: metrics::Gauge,
+}
+
+fn per_publish() -> &'static PerPublish {
+    static HANDLES: std::sync::OnceLock<PerPublish> = std::sync::OnceLock::new();
+    HANDLES.get_or_init(|| PerPublish {
+        received: [0, 1, 2]
+            .map(|qos| metrics::counter!(PUBLISHES_RECEIVED_TOTAL, "qos" => qos_label(qos))),
+        ack_seconds: [0, 1, 2]
+            .map(|qos| metrics::histogram!(PUBLISH_ACK_SECONDS, "qos" => qos_label(qos))),
+        in_flight: metrics::gauge!(INFLIGHT_MESSAGES),
+    })
+}
+
+/// Index of a QoS in [`PerPublish`]'s arrays.
+fn qos_index(qos: u8) -> usize {
+    usize::from(qos.min(2))
+}
+
 /// A PUBLISH arrived from a device.
 pub struct PublishReceived {
     pub qos: u8,
@@ -350,7 +375,9 @@ pub struct PublishReceived {
 
 impl PublishReceived {
     pub fn emit(self) {
-        metrics::counter!(PUBLISHES_RECEIVED_TOTAL, "qos" => qos_label(self.qos)).increment(1);
+        if let Some(counter) = per_publish().received.get(qos_index(self.qos)) {
+            counter.increment(1);
+        }
     }
 }
 
@@ -362,8 +389,9 @@ pub struct PublishAcknowledged {
 
 impl PublishAcknowledged {
     pub fn emit(self) {
-        metrics::histogram!(PUBLISH_ACK_SECONDS, "qos" => qos_label(self.qos))
-            .record(self.latency.as_secs_f64());
+        if let Some(histogram) = per_publish().ack_seconds.get(qos_index(self.qos)) {
+            histogram.record(self.latency.as_secs_f64());
+        }
     }
 }
 
@@ -409,7 +437,7 @@ pub struct InFlightChanged {
 
 impl InFlightChanged {
     pub fn emit(self) {
-        metrics::gauge!(INFLIGHT_MESSAGES).increment(self.delta as f64);
+        per_publish().in_flight.increment(self.delta as f64);
     }
 }
 
