@@ -103,7 +103,8 @@ pub fn markdown(rows: &[Row], name: &str, seconds: f64, machine: &str) -> String
         out,
         "Machine: {machine}. Local single-node Apache Kafka (scripts/kafka-local), \
          Tributary release build with default producer settings (acks=all, idempotence, \
-         linger.ms=5), Mosquitto from Debian; load generator on the same machine. \
+         linger.ms=5 above 256 records in flight, none below), Mosquitto from Debian; \
+         load generator on the same machine. \
          Each scenario ran {seconds} s with {MATRIX_INFLIGHT} messages in flight per \
          connection, except the light-load ones (one connection, {} in flight).\n",
         LIGHT_INFLIGHT.map(|n| n.to_string()).join(" or ")
