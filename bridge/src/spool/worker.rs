@@ -171,6 +171,43 @@ struct Held {
     reply: oneshot::Sender<Result<Position, SpoolError>>,
 }
 
+/// The appends of one group commit.
+#[derive(Default)]
+struct GroupCommit {
+    /// Answered only after the group's fsync.
+    durable_after_sync: Vec<(oneshot::Sender<Result<Position, SpoolError>>, Position)>,
+    records: usize,
+}
+
+impl GroupCommit {
+    /// An append was written: answered after the group's fsync (`Always`),
+    /// or now (`Interval`, whose fsync comes later).
+    fn written(
+        &mut self,
+        policy: FsyncPolicy,
+        unsynced: &mut bool,
+        reply: oneshot::Sender<Result<Position, SpoolError>>,
+        position: Position,
+        records: usize,
+    ) {
+        match policy {
+            FsyncPolicy::Always => {
+                self.records += records;
+                self.durable_after_sync.push((reply, position));
+            }
+            FsyncPolicy::Interval(_) => {
+                *unsynced = true;
+                events::SpoolAppended {
+                    records,
+                    fsync: None,
+                }
+                .emit();
+                let _ = reply.send(Ok(position));
+            }
+        }
+    }
+}
+
 /// What became of one append.
 enum Appended {
     /// Written (durable after the next fsync): the reply, the position of its
@@ -239,9 +276,7 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        // Answered only after the fsync below.
-        let mut durable_after_sync = Vec::new();
-        let mut group_records = 0;
+        let mut commit = GroupCommit::default();
         for command in group {
             match command {
                 Command::Append {
@@ -256,21 +291,9 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
                         continue;
                     }
                     match try_append(&mut spool, append, wait, false) {
-                        Appended::Done(reply, position, records) => match policy {
-                            FsyncPolicy::Always => {
-                                group_records += records;
-                                durable_after_sync.push((reply, position));
-                            }
-                            FsyncPolicy::Interval(_) => {
-                                unsynced = true;
-                                events::SpoolAppended {
-                                    records,
-                                    fsync: None,
-                                }
-                                .emit();
-                                let _ = reply.send(Ok(position));
-                            }
-                        },
+                        Appended::Done(reply, position, records) => {
+                            commit.written(policy, &mut unsynced, reply, position, records);
+                        }
                         Appended::Wait(append) => held.push_back(append),
                         Appended::Refused => {}
                     }
@@ -290,21 +313,9 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
                     // Room was made: what waited goes in, in order.
                     while let (true, Some(append)) = (freed, held.pop_front()) {
                         match try_append(&mut spool, append, true, true) {
-                            Appended::Done(reply, position, records) => match policy {
-                                FsyncPolicy::Always => {
-                                    group_records += records;
-                                    durable_after_sync.push((reply, position));
-                                }
-                                FsyncPolicy::Interval(_) => {
-                                    unsynced = true;
-                                    events::SpoolAppended {
-                                        records,
-                                        fsync: None,
-                                    }
-                                    .emit();
-                                    let _ = reply.send(Ok(position));
-                                }
-                            },
+                            Appended::Done(reply, position, records) => {
+                                commit.written(policy, &mut unsynced, reply, position, records);
+                            }
                             Appended::Wait(append) => {
                                 held.push_front(append);
                                 break;
@@ -318,6 +329,10 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
                 }
             }
         }
+        let GroupCommit {
+            durable_after_sync,
+            records: group_records,
+        } = commit;
         if !durable_after_sync.is_empty() {
             let began = Instant::now();
             let synced = spool.sync();
