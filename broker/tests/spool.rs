@@ -39,6 +39,45 @@ fn publish_qos1(version: u8, topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> 
     packet(0x32, &body)
 }
 
+/// A config of a process of the test's own: loopback listeners, the spool
+/// on in `dir/spool` (plus `spool_extra`), one route `spooled/#` → `topic`
+/// keyed by client id. Returns its path.
+fn write_config(
+    dir: &std::path::Path,
+    bootstrap: &str,
+    topic: &str,
+    delivery_timeout_ms: u32,
+    spool_extra: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("tributary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+delivery_timeout_ms = {delivery_timeout_ms}
+[spool]
+enabled = true
+dir = "{}"
+{spool_extra}
+[[routes]]
+name = "spooled"
+mqtt_filters = ["spooled/#"]
+kafka_topic = "{topic}"
+key = "client_id"
+"#,
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// A device of `version` publishes `{label}-01` ... at QoS 1 on
 /// `spooled/dev`, each acknowledged positively before the next.
 async fn publish_all_acknowledged(
@@ -289,31 +328,7 @@ async fn a_sigkill_while_spooling_loses_nothing_acknowledged() {
     let topic = unique_topic("tributary-spool-kill");
     create_topic(&bootstrap, &topic, 1).await;
     let dir = common::pki::dir("spool-kill");
-    let config = dir.join("tributary.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[mqtt]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-delivery_timeout_ms = 3000
-[spool]
-enabled = true
-dir = "{}"
-[[routes]]
-name = "spooled"
-mqtt_filters = ["spooled/#"]
-kafka_topic = "{topic}"
-key = "client_id"
-"#,
-            dir.join("spool").display()
-        ),
-    )
-    .unwrap();
+    let config = write_config(&dir, &bootstrap, &topic, 3000, "");
 
     kafka.stop();
     let first = common::Process::start(&config);
@@ -391,31 +406,7 @@ async fn a_sigkill_while_draining_loses_nothing_and_repeats_at_most_the_batches_
     let topic = unique_topic("tributary-spool-drain-kill");
     create_topic(&bootstrap, &topic, 1).await;
     let dir = common::pki::dir("spool-drain-kill");
-    let config = dir.join("tributary.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[mqtt]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-delivery_timeout_ms = 5000
-[spool]
-enabled = true
-dir = "{}"
-[[routes]]
-name = "spooled"
-mqtt_filters = ["spooled/#"]
-kafka_topic = "{topic}"
-key = "client_id"
-"#,
-            dir.join("spool").display()
-        ),
-    )
-    .unwrap();
+    let config = write_config(&dir, &bootstrap, &topic, 5000, "");
 
     kafka.stop();
     let first = common::Process::start(&config);
@@ -489,32 +480,7 @@ async fn a_full_spool_refuses_mqtt5_with_0x97_holds_mqtt311_and_loses_nothing() 
     let topic = unique_topic("tributary-spool-full");
     create_topic(&bootstrap, &topic, 1).await;
     let dir = common::pki::dir("spool-full");
-    let config = dir.join("tributary.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[mqtt]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-delivery_timeout_ms = 3000
-[spool]
-enabled = true
-dir = "{}"
-max_bytes = 1048576
-[[routes]]
-name = "spooled"
-mqtt_filters = ["spooled/#"]
-kafka_topic = "{topic}"
-key = "client_id"
-"#,
-            dir.join("spool").display()
-        ),
-    )
-    .unwrap();
+    let config = write_config(&dir, &bootstrap, &topic, 3000, "max_bytes = 1048576");
     kafka.stop();
     let server = common::Process::start(&config);
     let addr = server.mqtt_addr();
