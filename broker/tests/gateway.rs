@@ -11,6 +11,27 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tributary_bridge::testing::{consume, create_topic, header, require_kafka, unique_topic};
 
 const CLIENTS: usize = 10;
+
+/// Polls `eventloop` until `count` PUBACKs came; panics naming `who` if the
+/// connection fails or they do not come within `secs`.
+async fn await_pubacks(
+    eventloop: &mut rumqttc::EventLoop,
+    count: usize,
+    who: &str,
+    secs: u64,
+) -> usize {
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while acked < count {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("{who}: connection failed: {e}"),
+            Err(_) => panic!("{who}: only {acked} of {count} PUBACKs"),
+        }
+    }
+    acked
+}
 const PER_CLIENT: usize = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,16 +94,7 @@ async fn ten_clients_two_thousand_qos1_each_all_in_kafka_in_order_and_at_a_subsc
                 }
                 client
             });
-            let mut acked = 0;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            while acked < PER_CLIENT {
-                match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => panic!("{client_id}: connection failed: {e}"),
-                    Err(_) => panic!("{client_id}: only {acked} PUBACKs"),
-                }
-            }
+            let acked = await_pubacks(&mut eventloop, PER_CLIENT, &client_id, 120).await;
             drop(sender.await.unwrap());
             acked
         }));
@@ -189,26 +201,22 @@ async fn a_device_changing_pace_under_changing_load_keeps_its_order_in_kafka() {
             });
             let mut acked = 0usize;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            loop {
-                if sender.is_finished() {
-                    break;
-                }
-                match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            // Polled in short slices, so the sender's end is seen at once
+            // (an idle connection's next event may be its keep-alive).
+            while !sender.is_finished() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "steady: stuck after {acked} PUBACKs"
+                );
+                match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
                     Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) | Err(_) => {}
                     Ok(Err(e)) => panic!("steady: connection failed: {e}"),
-                    Err(_) => panic!("steady: stuck after {acked} PUBACKs"),
                 }
             }
             let (_client, sent) = sender.await.unwrap();
-            while acked < sent {
-                match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => panic!("steady: connection failed: {e}"),
-                    Err(_) => panic!("steady: only {acked} of {sent} PUBACKs"),
-                }
-            }
+            acked += await_pubacks(&mut eventloop, sent.saturating_sub(acked), "steady", 60).await;
+            assert_eq!(acked, sent);
             sent
         })
     };
@@ -232,16 +240,7 @@ async fn a_device_changing_pace_under_changing_load_keeps_its_order_in_kafka() {
                     }
                     client
                 });
-                let mut acked = 0;
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                while acked < 500 {
-                    match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                        Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => panic!("{client_id}: connection failed: {e}"),
-                        Err(_) => panic!("{client_id}: only {acked} PUBACKs"),
-                    }
-                }
+                await_pubacks(&mut eventloop, 500, &client_id, 60).await;
                 drop(sender.await.unwrap());
             }));
         }
