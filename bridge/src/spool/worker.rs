@@ -28,6 +28,8 @@ pub type SpoolAck = oneshot::Receiver<Result<Position, SpoolError>>;
 const QUEUE: usize = 1024;
 /// Appends one fsync covers at most.
 const MAX_GROUP: usize = 256;
+/// How often appends waiting for room try again without a commit.
+const HELD_RETRY: Duration = Duration::from_secs(1);
 
 enum Command {
     Append {
@@ -50,6 +52,8 @@ enum Command {
     Stats {
         reply: oneshot::Sender<(SpoolStats, Position)>,
     },
+    /// The thread's own: try the waiting appends again.
+    RetryHeld,
 }
 
 /// A handle on the spool's thread; the thread ends (after a last fsync)
@@ -242,6 +246,28 @@ fn try_append(spool: &mut Spool, append: Held, wait: bool, retry: bool) -> Appen
     }
 }
 
+/// Writes the waiting appends, oldest first, while they fit.
+fn admit_held(
+    spool: &mut Spool,
+    held: &mut VecDeque<Held>,
+    commit: &mut GroupCommit,
+    policy: FsyncPolicy,
+    unsynced: &mut bool,
+) {
+    while let Some(append) = held.pop_front() {
+        match try_append(spool, append, true, true) {
+            Appended::Done(reply, position, records) => {
+                commit.written(policy, unsynced, reply, position, records);
+            }
+            Appended::Wait(append) => {
+                held.push_front(append);
+                return;
+            }
+            Appended::Refused => {}
+        }
+    }
+}
+
 /// The thread: takes every request waiting, appends in order, one fsync,
 /// then answers.
 fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
@@ -264,6 +290,13 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
                     Err(flume::RecvTimeoutError::Disconnected) => break,
                 }
             }
+            // Appends wait for room: look again now and then, even if no
+            // commit comes (a disk filled by others may have been freed).
+            _ if !held.is_empty() => match queue.recv_timeout(HELD_RETRY) {
+                Ok(command) => command,
+                Err(flume::RecvTimeoutError::Timeout) => Command::RetryHeld,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            },
             _ => match queue.recv() {
                 Ok(command) => command,
                 Err(_) => break,
@@ -310,19 +343,13 @@ fn run(mut spool: Spool, policy: FsyncPolicy, queue: flume::Receiver<Command>) {
                     let committed = spool.commit(upto);
                     let freed = committed.is_ok();
                     let _ = reply.send(committed);
-                    // Room was made: what waited goes in, in order.
-                    while let (true, Some(append)) = (freed, held.pop_front()) {
-                        match try_append(&mut spool, append, true, true) {
-                            Appended::Done(reply, position, records) => {
-                                commit.written(policy, &mut unsynced, reply, position, records);
-                            }
-                            Appended::Wait(append) => {
-                                held.push_front(append);
-                                break;
-                            }
-                            Appended::Refused => {}
-                        }
+                    if freed {
+                        // Room was made: what waited goes in, in order.
+                        admit_held(&mut spool, &mut held, &mut commit, policy, &mut unsynced);
                     }
+                }
+                Command::RetryHeld => {
+                    admit_held(&mut spool, &mut held, &mut commit, policy, &mut unsynced);
                 }
                 Command::Stats { reply } => {
                     let _ = reply.send((spool.stats(), spool.read_start()));
