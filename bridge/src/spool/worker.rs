@@ -507,7 +507,8 @@ mod tests {
             matches!(refused, Err(SpoolError::Full { .. })),
             "{refused:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Past one retry without a commit: still full, still waiting.
+        tokio::time::sleep(HELD_RETRY + std::time::Duration::from_millis(200)).await;
         assert!(
             first.try_recv().is_err(),
             "answered while the spool is full"
