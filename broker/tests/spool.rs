@@ -78,6 +78,33 @@ key = "client_id"
     config
 }
 
+/// The payloads in `topic`, from its start, read again until `done` holds
+/// for them or 120 s pass (then what was read: the assertions say what is
+/// missing).
+fn payloads_until(bootstrap: &str, topic: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let payloads: Vec<String> = consume(bootstrap, topic, 100_000, Duration::from_secs(5))
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
+            .collect();
+        if done(&payloads) || std::time::Instant::now() > deadline {
+            return payloads;
+        }
+    }
+}
+
+/// Each distinct item once, in the order of its first appearance (what
+/// at-least-once delivery keeps).
+fn first_seen<T: Clone + Eq + std::hash::Hash>(items: &[T]) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .iter()
+        .filter(|item| seen.insert(*item))
+        .cloned()
+        .collect()
+}
+
 /// A device of `version` publishes `{label}-01` ... at QoS 1 on
 /// `spooled/dev`, each acknowledged positively before the next.
 async fn publish_all_acknowledged(
@@ -247,39 +274,27 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
             .map(|i| format!("v{version}-{i:02}"))
             .collect()
     };
-    let first_seen = |payloads: &[String], version: u8| -> Vec<String> {
-        let mut seen: Vec<String> = Vec::new();
-        for p in payloads
+    let first_seen_of = |payloads: &[String], version: u8| -> Vec<String> {
+        let prefix = format!("v{version}-");
+        let of_version: Vec<String> = payloads
             .iter()
-            .filter(|p| p.starts_with(&format!("v{version}-")))
-        {
-            if !seen.contains(p) {
-                seen.push(p.clone());
-            }
-        }
-        seen
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let payloads = loop {
-        let records = consume(&bootstrap, &topic, 10_000, Duration::from_secs(5));
-        let payloads: Vec<String> = records
-            .iter()
-            .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
+            .filter(|p| p.starts_with(&prefix))
+            .cloned()
             .collect();
-        let complete = [4, 5]
+        first_seen(&of_version)
+    };
+    let payloads = payloads_until(&bootstrap, &topic, |payloads| {
+        [4, 5]
             .iter()
-            .all(|&v| first_seen(&payloads, v).len() == MESSAGES as usize)
+            .all(|&v| first_seen_of(payloads, v).len() == MESSAGES as usize)
             && payloads.iter().any(|p| p == "will-1")
             && payloads.iter().any(|p| p == "q2-v4")
             && payloads.iter().any(|p| p == "q2-v5")
-            && payloads.iter().filter(|p| p.starts_with("q0-")).count() >= 5;
-        if complete || std::time::Instant::now() > deadline {
-            break payloads;
-        }
-    };
+            && payloads.iter().filter(|p| p.starts_with("q0-")).count() >= 5
+    });
     for version in [4, 5] {
         assert_eq!(
-            first_seen(&payloads, version),
+            first_seen_of(&payloads, version),
             expected(version),
             "MQTT {version}: not every acknowledged message, or out of order: {payloads:?}"
         );
@@ -342,17 +357,9 @@ async fn a_sigkill_while_spooling_loses_nothing_acknowledged() {
     kafka.restart();
     let second = common::Process::start(&config);
     let _ = second.mqtt_addr();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let payloads = loop {
-        let records = consume(&bootstrap, &topic, 10_000, Duration::from_secs(5));
-        let payloads: Vec<String> = records
-            .iter()
-            .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
-            .collect();
-        if payloads.len() >= MESSAGES as usize || std::time::Instant::now() > deadline {
-            break payloads;
-        }
-    };
+    let payloads = payloads_until(&bootstrap, &topic, |payloads| {
+        payloads.len() >= MESSAGES as usize
+    });
     let expected: Vec<String> = (1..=MESSAGES).map(|i| format!("k-{i:02}")).collect();
     assert_eq!(payloads, expected, "after a SIGKILL and a restart");
     drop(second);
@@ -435,32 +442,17 @@ async fn a_sigkill_while_draining_loses_nothing_and_repeats_at_most_the_batches_
 
     let second = common::Process::start(&config);
     let _ = second.mqtt_addr();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let payloads = loop {
-        let records = consume(&bootstrap, &topic, 100_000, Duration::from_secs(5));
-        let payloads: Vec<String> = records
-            .iter()
-            .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
-            .collect();
-        let distinct: std::collections::HashSet<&String> = payloads.iter().collect();
-        if distinct.len() >= COUNT as usize || std::time::Instant::now() > deadline {
-            break payloads;
-        }
-    };
-    let mut first_seen: Vec<&String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for p in &payloads {
-        if seen.insert(p) {
-            first_seen.push(p);
-        }
-    }
+    let payloads = payloads_until(&bootstrap, &topic, |payloads| {
+        first_seen(payloads).len() >= COUNT as usize
+    });
+    let distinct = first_seen(&payloads);
     let expected: Vec<String> = (1..=COUNT).map(|i| format!("d-{i:05}")).collect();
     assert!(
-        first_seen.iter().copied().eq(expected.iter()),
+        distinct.iter().eq(expected.iter()),
         "after a SIGKILL while draining: {} of {COUNT} distinct, or out of order",
-        first_seen.len()
+        distinct.len()
     );
-    let duplicates = payloads.len() - first_seen.len();
+    let duplicates = payloads.len() - distinct.len();
     println!(
         "killed after {drained_before_kill} drained: {} records in Kafka for {COUNT} acknowledged, {duplicates} duplicates",
         payloads.len()
@@ -549,21 +541,12 @@ async fn a_full_spool_refuses_mqtt5_with_0x97_holds_mqtt311_and_loses_nothing() 
     );
 
     // Everything acknowledged is in Kafka, each device's in order.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let seen = loop {
-        let records = consume(&bootstrap, &topic, 100_000, Duration::from_secs(5));
-        let mut seen: Vec<String> = Vec::new();
-        for r in &records {
-            let p = String::from_utf8_lossy(r.payload().unwrap_or_default());
-            let id = p.split('-').next().unwrap_or_default().to_owned();
-            if !seen.contains(&id) {
-                seen.push(id);
-            }
-        }
-        if seen.len() > acknowledged.len() || std::time::Instant::now() > deadline {
-            break seen;
-        }
-    };
+    let id = |payload: &String| payload.split('-').next().unwrap_or_default().to_owned();
+    let payloads = payloads_until(&bootstrap, &topic, |payloads| {
+        first_seen(&payloads.iter().map(id).collect::<Vec<_>>()).len() > acknowledged.len()
+    });
+    let ids: Vec<String> = payloads.iter().map(id).collect();
+    let seen = first_seen(&ids);
     let v5_seen: Vec<&String> = seen.iter().filter(|id| *id != "v4old").collect();
     assert!(
         v5_seen.iter().copied().eq(acknowledged.iter()),
