@@ -158,14 +158,7 @@ impl SpoolState<'_> {
     pub fn emit(self) {
         metrics::gauge!(SPOOL_BYTES).set(self.stats.bytes_on_disk as f64);
         metrics::gauge!(SPOOL_RECORDS).set(self.stats.records_pending as f64);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let oldest = self
-            .stats
-            .oldest_pending_appended_at_ms
-            .map_or(0.0, |at| now_ms.saturating_sub(at) as f64 / 1000.0);
-        metrics::gauge!(SPOOL_OLDEST_SECONDS).set(oldest);
+        metrics::gauge!(SPOOL_OLDEST_SECONDS).set(self.stats.oldest_pending_age().as_secs_f64());
     }
 }
 

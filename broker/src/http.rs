@@ -80,12 +80,7 @@ async fn handle_readyz(State(state): State<AppState>) -> impl IntoResponse {
             // Devices are still acknowledged: ready, and saying why.
             Some((spool, max_bytes)) => match spool.stats().await {
                 Ok((stats, _)) if stats.bytes_on_disk < *max_bytes => {
-                    let oldest = stats.oldest_pending_appended_at_ms.map_or(0, |at| {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
-                        now.saturating_sub(at) / 1000
-                    });
+                    let oldest = stats.oldest_pending_age().as_secs();
                     spooling = Some(format!(
                         "{kafka}, spooling ({} records, oldest {oldest} s)",
                         stats.records_pending

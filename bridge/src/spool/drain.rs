@@ -136,18 +136,6 @@ async fn produce_all(spool: SpoolHandle, producer: Producer, drained: Arc<Atomic
 /// A backlog is over once the oldest record waiting is this young.
 const CAUGHT_UP: Duration = Duration::from_secs(1);
 
-/// Age of the oldest record waiting in the spool (zero when none).
-fn oldest_age(stats: &super::SpoolStats) -> Duration {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    stats
-        .oldest_pending_appended_at_ms
-        .map_or(Duration::ZERO, |at| {
-            Duration::from_millis(now_ms.saturating_sub(at))
-        })
-}
-
 /// A time Kafka did not take the spool's records.
 struct Backlog {
     since: Instant,
@@ -195,7 +183,7 @@ async fn watch(spool: SpoolHandle, health: KafkaHealth, drained: Arc<AtomicU64>)
                 }
                 // Caught up: empty, or (live traffic passing through) its
                 // oldest record written in the last second.
-                let caught_up = records == 0 || oldest_age(&stats) <= CAUGHT_UP;
+                let caught_up = records == 0 || stats.oldest_pending_age() <= CAUGHT_UP;
                 if let (true, Some(back)) = (caught_up, current.kafka_back) {
                     events::SpoolBacklogDrained {
                         lasted: current.since.elapsed(),

@@ -100,6 +100,16 @@ pub struct SpoolStats {
     pub segments: usize,
 }
 
+impl SpoolStats {
+    /// Age of the oldest pending record (zero when none is pending).
+    pub fn oldest_pending_age(&self) -> Duration {
+        self.oldest_pending_appended_at_ms
+            .map_or(Duration::ZERO, |at| {
+                Duration::from_millis(now_ms().saturating_sub(at))
+            })
+    }
+}
+
 /// Result of `read`: entries in append order, and where the next `read`
 /// should start to continue after them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
