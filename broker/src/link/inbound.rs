@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -140,6 +141,19 @@ impl Inbound {
             Some(()) = qos0.next(), if !qos0.is_empty() => None,
             // Both idle (or done): nothing to report until the next publish.
             else => std::future::pending().await,
+        }
+    }
+
+    /// The next publish whose reports are already in, without waiting: what
+    /// the loop handles in the same turn as a release, so one write to the
+    /// device and one hand-over to the router carry them all.
+    pub fn try_release(&mut self) -> Option<Released<Ticket, DeliveryError>> {
+        // A no-op waker is safe here: the gate is polled again with the
+        // task's own waker before the task sleeps (see `next_release`).
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match self.gate.poll_release(&mut cx) {
+            Poll::Ready(released) => released,
+            Poll::Pending => None,
         }
     }
 

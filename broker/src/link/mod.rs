@@ -207,7 +207,7 @@ impl Link {
                     Ok(())
                 }
                 Event::Read(false) => Err(End::ConnectionLost),
-                Event::Released(released) => self.handle_release(released),
+                Event::Released(released) => self.handle_releases(released),
                 Event::Router(said) => Box::pin(self.handle_router(said)).await,
                 Event::Handoff(handoff) => {
                     self.outbound
@@ -362,6 +362,18 @@ impl Link {
                     "unexpected_packet",
                 ))
             }
+        }
+        Ok(())
+    }
+
+    /// Handles `first` and every release already in behind it: Kafka reports
+    /// come in batches, and one turn then writes all their acknowledgements
+    /// to the device, and hands all their messages to the router, at once.
+    fn handle_releases(&mut self, first: Released<Ticket, DeliveryError>) -> Result<(), End> {
+        self.handle_release(first)?;
+        // Bounded by the window: the gate holds at most Receive Maximum.
+        while let Some(released) = self.inbound.try_release() {
+            self.handle_release(released)?;
         }
         Ok(())
     }
