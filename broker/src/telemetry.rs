@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -16,6 +17,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+/// How often histogram samples are folded into their buckets. Until then each
+/// sample is kept as it was recorded (8 bytes; several per message), so this
+/// bounds what they hold whether or not anything scrapes `/metrics`.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Installs the `tracing` subscriber (human or JSON lines on stderr).
 pub fn init_tracing(log: &LogConfig) {
@@ -57,6 +63,18 @@ pub fn prometheus() -> PrometheusHandle {
                 .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
+            let upkeep = handle.clone();
+            // A thread of its own: the recorder outlives any one runtime
+            // (tests start several), and the work is a few µs a second.
+            let started = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                });
+            if let Err(error) = started {
+                tracing::error!(%error, "cannot start the metrics upkeep thread; histogram samples are folded only when /metrics is scraped");
+            }
             // Another recorder may already be installed (an embedding program);
             // then our handle renders nothing, which /metrics shows plainly.
             let _ = metrics::set_global_recorder(recorder);
