@@ -146,11 +146,14 @@ impl Inbound {
 
     /// The next publish whose reports are already in, without waiting: what
     /// the loop handles in the same turn as a release, so one write to the
-    /// device and one hand-over to the router carry them all.
+    /// device and one hand-over to the router carry them all. QoS 0 reports
+    /// already in are taken on the way.
     pub fn try_release(&mut self) -> Option<Released<Ticket, DeliveryError>> {
         // A no-op waker is safe here: the gate is polled again with the
         // task's own waker before the task sleeps (see `next_release`).
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        // QoS 0 reports only give budget back: take every one that is in.
+        while let Poll::Ready(Some(())) = self.qos0.poll_next_unpin(&mut cx) {}
         match self.gate.poll_release(&mut cx) {
             Poll::Ready(released) => released,
             Poll::Pending => None,

@@ -207,14 +207,14 @@ impl Link {
                     Ok(())
                 }
                 Event::Read(false) => Err(End::ConnectionLost),
-                Event::Released(released) => self.handle_releases(released),
+                Event::Released(released) => self.handle_releases(Some(released)),
                 Event::Router(said) => Box::pin(self.handle_router(said)).await,
                 Event::Handoff(handoff) => {
                     self.outbound
                         .handle_handoff(handoff, &self.ctx, &mut self.conn);
                     Ok(())
                 }
-                Event::Turn => Ok(()),
+                Event::Turn => self.handle_releases(None),
                 Event::Shutdown => {
                     draining = true;
                     Ok(())
@@ -366,11 +366,17 @@ impl Link {
         Ok(())
     }
 
-    /// Handles `first` and every release already in behind it: Kafka reports
-    /// come in batches, and one turn then writes all their acknowledgements
-    /// to the device, and hands all their messages to the router, at once.
-    fn handle_releases(&mut self, first: Released<Ticket, DeliveryError>) -> Result<(), End> {
-        self.handle_release(first)?;
+    /// Handles `first` (if any) and every release already in behind it:
+    /// Kafka reports come in batches, and one turn then writes all their
+    /// acknowledgements to the device, and hands all their messages to the
+    /// router, at once.
+    fn handle_releases(
+        &mut self,
+        first: Option<Released<Ticket, DeliveryError>>,
+    ) -> Result<(), End> {
+        if let Some(first) = first {
+            self.handle_release(first)?;
+        }
         // Bounded by the window: the gate holds at most Receive Maximum.
         while let Some(released) = self.inbound.try_release() {
             self.handle_release(released)?;
