@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::report::RunResult;
-use crate::suite::{Scenario, Usage, CONNECTIONS, LIGHT_INFLIGHT, MATRIX_INFLIGHT, PAYLOADS};
+use crate::suite::{Scenario, Usage, LIGHT_INFLIGHT, MATRIX_INFLIGHT, PAYLOADS};
 use crate::verify::Verdict;
 
 /// What a row measured.
@@ -242,28 +242,71 @@ fn targets(out: &mut String, rows: &[Row]) {
             }
         }
     }
+    // Routed at 256 connections, and broker only at 16 and 256, against
+    // Mosquitto (broker only) in the same run.
+    let versus_mosquitto = [
+        (Target::Routed, 256),
+        (Target::Unrouted, 16),
+        (Target::Unrouted, 256),
+    ];
     for payload in PAYLOADS {
-        for connections in CONNECTIONS {
+        for (target, connections) in versus_mosquitto {
             let s = Scenario {
                 qos: 1,
                 payload,
                 connections,
                 inflight: MATRIX_INFLIGHT,
             };
-            if let (Some(ours), Some(theirs)) = (
-                find(rows, Target::Unrouted, s),
-                find(rows, Target::Mosquitto, s),
-            ) {
+            if let (Some(ours), Some(theirs)) =
+                (find(rows, target, s), find(rows, Target::Mosquitto, s))
+            {
                 let times = ours.result.msgs_per_sec / theirs.result.msgs_per_sec.max(1e-9);
                 let _ = writeln!(
                     out,
-                    "| ≥ 2× Mosquitto, broker only | QoS 1, {payload} B, {connections} conns | {times:.2}× ({:.0} vs {:.0} msg/s) | {} |",
+                    "| ≥ 3× Mosquitto (broker only) | QoS 1, {}, {payload} B, {connections} conns | {times:.2}× ({:.0} vs {:.0} msg/s) | {} |",
+                    target.label(),
                     ours.result.msgs_per_sec,
                     theirs.result.msgs_per_sec,
-                    yes(times >= 2.0)
+                    yes(times >= 3.0)
                 );
             }
         }
+    }
+    for connections in [16, 256] {
+        let s = Scenario {
+            qos: 1,
+            payload: 64,
+            connections,
+            inflight: MATRIX_INFLIGHT,
+        };
+        if let Some(us) = find(rows, Target::Routed, s).and_then(Row::cpu_us_per_message) {
+            let _ = writeln!(
+                out,
+                "| server CPU ≤ 5 µs per message | QoS 1, routed, 64 B, {connections} conns | {us:.1} µs | {} |",
+                yes(us <= 5.0)
+            );
+        }
+    }
+    if let Some(row) = find(rows, Target::Routed, Scenario::light(1)) {
+        if let Some(latency) = row.result.latency_us {
+            let _ = writeln!(
+                out,
+                "| PUBACK p50 ≤ 1 ms, p99 ≤ 5 ms | QoS 1, routed, 64 B, 1 conn, 1 in flight | p50 {} ms, p99 {} ms | {} |",
+                ms(latency.p50),
+                ms(latency.p99),
+                yes(latency.p50 <= 1_000 && latency.p99 <= 5_000)
+            );
+        }
+    }
+    if let Some(row) = find(rows, Target::Routed, Scenario::light(10)) {
+        let missing = row.verdict.as_ref().map(|v| v.missing);
+        let _ = writeln!(
+            out,
+            "| ≥ 5,000 msg/s, 0 missing | QoS 1, routed, 64 B, 1 conn, 10 in flight | {:.0} msg/s, {} | {} |",
+            row.result.msgs_per_sec,
+            missing.map_or("not verified".into(), |m| format!("{m} missing")),
+            yes(row.result.msgs_per_sec >= 5_000.0 && missing == Some(0))
+        );
     }
     let peak = rows
         .iter()
