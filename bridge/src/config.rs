@@ -180,6 +180,10 @@ impl KafkaConfig {
             .set("client.id", &self.client_id)
             .set("acks", "all")
             .set("enable.idempotence", "true")
+            // Where Kafka's Java producer puts a key, so records of one key
+            // land in the partition Java applications expect (librdkafka's
+            // own default hashes differently). `properties` may change it.
+            .set("partitioner", "murmur2_random")
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
             .set(

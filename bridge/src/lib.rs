@@ -7,6 +7,7 @@
 pub mod config;
 pub mod context;
 pub mod events;
+pub mod format;
 pub mod health;
 pub mod log_throttle;
 pub mod problems;
@@ -14,13 +15,14 @@ pub mod producer;
 pub mod record;
 pub mod route;
 pub mod spool;
+pub mod template;
 
 pub use config::KafkaConfig;
 pub use health::{spawn_metadata_probe, KafkaHealth, NotReady, Unreachable};
 pub use problems::{Problem, Problems};
 pub use producer::{Delivered, DeliveryError, DeliveryFailure, Pace, PendingDelivery, Producer};
-pub use record::{MqttPublish, Record};
-pub use route::{KeySource, Route, RouteConfig, RouteSpool, RouteTable};
+pub use record::{MqttProperties, MqttPublish, Record, RecordError};
+pub use route::{FormatName, KeySource, Route, RouteConfig, RouteSpool, RouteTable};
 
 #[cfg(feature = "testing")]
 pub mod testing;

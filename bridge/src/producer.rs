@@ -23,7 +23,7 @@ use crate::config::KafkaConfig;
 use crate::context::BridgeContext;
 use crate::events;
 use crate::health::KafkaHealth;
-use crate::record::Record;
+use crate::record::{Record, RecordError};
 
 /// First pause before retrying an enqueue into a full local queue; doubles up to
 /// [`QUEUE_FULL_MAX_BACKOFF`].
@@ -62,6 +62,10 @@ pub enum DeliveryError {
     /// fsync, its thread gone).
     #[error("the spool could not store the record")]
     SpoolFailed,
+    /// The publish cannot become a record on its route (a template that
+    /// cannot be filled, a payload the format cannot take): never sent.
+    #[error("the publish cannot become a record: {0}")]
+    Invalid(#[from] RecordError),
 }
 
 /// What kind of failure a [`DeliveryError`] is: the one outcome type the
@@ -87,6 +91,11 @@ pub enum DeliveryFailure {
     SpoolFull,
     /// The spool could not store the record.
     SpoolFailed,
+    /// The payload is not what the route's format or templates need.
+    InvalidPayload,
+    /// The route's topic or key cannot be made for this publish (its topic,
+    /// client id or user name does not fill the template).
+    Unroutable,
 }
 
 impl DeliveryFailure {
@@ -102,6 +111,8 @@ impl DeliveryFailure {
             DeliveryFailure::Kafka => "kafka_error",
             DeliveryFailure::SpoolFull => "spool_full",
             DeliveryFailure::SpoolFailed => "spool_failed",
+            DeliveryFailure::InvalidPayload => "invalid_payload",
+            DeliveryFailure::Unroutable => "unroutable",
         }
     }
 
@@ -112,6 +123,8 @@ impl DeliveryFailure {
             DeliveryFailure::MessageTooLarge
                 | DeliveryFailure::NotAuthorized
                 | DeliveryFailure::UnknownTopic
+                | DeliveryFailure::InvalidPayload
+                | DeliveryFailure::Unroutable
         )
     }
 }
@@ -124,6 +137,10 @@ impl DeliveryError {
             DeliveryError::Canceled => return DeliveryFailure::Canceled,
             DeliveryError::SpoolFull => return DeliveryFailure::SpoolFull,
             DeliveryError::SpoolFailed => return DeliveryFailure::SpoolFailed,
+            DeliveryError::Invalid(error) if error.is_payload() => {
+                return DeliveryFailure::InvalidPayload
+            }
+            DeliveryError::Invalid(_) => return DeliveryFailure::Unroutable,
             DeliveryError::Rejected(code) | DeliveryError::NotQueued(code) => *code,
         };
         match code {

@@ -1,16 +1,21 @@
 //! Builds the Kafka record for one MQTT publish on one route.
 //!
-//! The payload is forwarded byte for byte (no re-encoding); the MQTT facts a Kafka
-//! consumer needs to interpret it travel as headers. It never drops or rewrites
-//! payload bytes.
+//! With the `raw` format the payload is forwarded byte for byte; other formats
+//! wrap it (see `format`), never losing a byte of it. The MQTT facts a Kafka
+//! consumer needs to interpret it travel as headers. The topic and key come
+//! from the route, fixed or from templates (see `template`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rdkafka::message::{Header, OwnedHeaders};
 
+use thiserror::Error;
+
 use crate::events::RouteMetrics;
-use crate::route::{KeySource, Route};
+use crate::format::Format;
+use crate::route::{kafka_topic_problem, KafkaTopic, RecordKey, Route};
+use crate::template::{PayloadJson, Unfilled};
 
 /// Header carrying the MQTT topic name the device published to.
 pub const HEADER_TOPIC: &str = "mqtt.topic";
@@ -27,8 +32,50 @@ pub const HEADER_USERNAME: &str = "mqtt.username";
 /// certificate (absent without one).
 pub const HEADER_CERT_CN: &str = "mqtt.cert_cn";
 
+/// Header carrying the MQTT 5 Content Type.
+pub const HEADER_CONTENT_TYPE: &str = "mqtt.content_type";
+/// Header carrying the MQTT 5 Payload Format Indicator as one ASCII digit
+/// (`0`: unspecified bytes, `1`: UTF-8 text).
+pub const HEADER_PAYLOAD_FORMAT: &str = "mqtt.payload_format";
+/// Header carrying the MQTT 5 Response Topic.
+pub const HEADER_RESPONSE_TOPIC: &str = "mqtt.response_topic";
+/// Header carrying the MQTT 5 Correlation Data, byte for byte.
+pub const HEADER_CORRELATION_DATA: &str = "mqtt.correlation_data";
+/// Header carrying the MQTT 5 Message Expiry Interval in seconds, as decimal
+/// digits.
+pub const HEADER_MESSAGE_EXPIRY: &str = "mqtt.message_expiry";
+
+/// The header names Tributary sets itself: a user property whose header
+/// would take one of these names is left out of the headers, so no device
+/// can pass for another.
+pub const RESERVED_HEADERS: &[&str] = &[
+    HEADER_TOPIC,
+    HEADER_CLIENT_ID,
+    HEADER_QOS,
+    HEADER_RETAIN,
+    HEADER_USERNAME,
+    HEADER_CERT_CN,
+    HEADER_CONTENT_TYPE,
+    HEADER_PAYLOAD_FORMAT,
+    HEADER_RESPONSE_TOPIC,
+    HEADER_CORRELATION_DATA,
+    HEADER_MESSAGE_EXPIRY,
+];
+
+/// The MQTT 5 properties of a publish that a Kafka consumer may need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    /// In the order the device sent them; a name may repeat.
+    pub user_properties: Vec<(String, String)>,
+}
+
 /// What the bridge needs to know of one MQTT publish.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MqttPublish {
     pub topic: Arc<str>,
     pub client_id: Arc<str>,
@@ -39,6 +86,36 @@ pub struct MqttPublish {
     pub username: Option<Arc<str>>,
     /// Its verified client certificate's identity, over mutual TLS.
     pub cert_cn: Option<Arc<str>>,
+    /// Its MQTT 5 properties, if it had any.
+    pub properties: Option<Arc<MqttProperties>>,
+    /// When Tributary received it, in milliseconds since the Unix epoch.
+    pub received_ms: u64,
+}
+
+/// Why a publish cannot become a record on a route: nothing retrying could
+/// change (the same publish gives the same answer).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RecordError {
+    /// A topic or key template could not be filled.
+    #[error("{0}")]
+    Unfilled(#[from] Unfilled),
+    /// The topic template gave a name Kafka does not accept.
+    #[error("the Kafka topic template gave '{topic}': {problem}")]
+    BadTopic { topic: String, problem: String },
+    /// The route's format needs a JSON payload and this one is not.
+    #[error("the payload is not JSON")]
+    PayloadNotJson,
+}
+
+impl RecordError {
+    /// True when the payload is what failed (not the topic or the client).
+    pub fn is_payload(&self) -> bool {
+        match self {
+            RecordError::Unfilled(unfilled) => unfilled.is_payload(),
+            RecordError::BadTopic { .. } => false,
+            RecordError::PayloadNotJson => true,
+        }
+    }
 }
 
 /// One record, ready for the producer.
@@ -55,58 +132,133 @@ pub struct Record {
 
 impl Record {
     /// Builds the record `publish` becomes on `route`.
-    pub fn build(route: &Route, publish: &MqttPublish) -> Self {
-        let key = match route.key {
-            KeySource::Topic => Some(Bytes::copy_from_slice(publish.topic.as_bytes())),
-            KeySource::ClientId => Some(Bytes::copy_from_slice(publish.client_id.as_bytes())),
-            KeySource::Username => publish
+    pub fn build(route: &Route, publish: &MqttPublish) -> Result<Self, RecordError> {
+        Record::build_with(route, publish, &mut PayloadJson::default())
+    }
+
+    /// [`Record::build`], with the publish's payload parsed as JSON at most
+    /// once for all its routes.
+    pub fn build_with(
+        route: &Route,
+        publish: &MqttPublish,
+        json: &mut PayloadJson,
+    ) -> Result<Self, RecordError> {
+        let topic = match &route.kafka_topic {
+            KafkaTopic::Fixed(topic) => topic.clone(),
+            KafkaTopic::Template(template) => {
+                let topic = template.fill(publish, json)?;
+                if let Some(problem) = kafka_topic_problem(&topic) {
+                    return Err(RecordError::BadTopic { topic, problem });
+                }
+                Arc::from(topic)
+            }
+        };
+        let key = match &route.key {
+            RecordKey::Topic => Some(Bytes::copy_from_slice(publish.topic.as_bytes())),
+            RecordKey::ClientId => Some(Bytes::copy_from_slice(publish.client_id.as_bytes())),
+            RecordKey::Username => publish
                 .username
                 .as_ref()
                 .map(|username| Bytes::copy_from_slice(username.as_bytes())),
-            KeySource::None => None,
+            RecordKey::None => None,
+            RecordKey::Template(template) => Some(Bytes::from(template.fill(publish, json)?)),
         };
-        let qos = [b'0' + publish.qos.min(2)];
-        let retain: &[u8] = if publish.retain { b"true" } else { b"false" };
-        let headers = OwnedHeaders::new_with_capacity(4)
-            .insert(Header {
-                key: HEADER_TOPIC,
-                value: Some(publish.topic.as_bytes()),
-            })
-            .insert(Header {
-                key: HEADER_CLIENT_ID,
-                value: Some(publish.client_id.as_bytes()),
-            })
-            .insert(Header {
-                key: HEADER_QOS,
-                value: Some(&qos[..]),
-            })
-            .insert(Header {
-                key: HEADER_RETAIN,
-                value: Some(retain),
-            });
-        let headers = match &publish.username {
-            Some(username) => headers.insert(Header {
-                key: HEADER_USERNAME,
-                value: Some(username.as_bytes()),
-            }),
-            None => headers,
+        let payload = match &route.format {
+            Format::Raw => publish.payload.clone(),
+            Format::JsonEnvelope(envelope) => envelope.wrap(publish)?,
         };
-        let headers = match &publish.cert_cn {
-            Some(cn) => headers.insert(Header {
-                key: HEADER_CERT_CN,
-                value: Some(cn.as_bytes()),
-            }),
-            None => headers,
+        let headers = if route.headers {
+            headers(publish, &route.user_property_prefix)
+        } else {
+            OwnedHeaders::new()
         };
-        Record {
+        Ok(Record {
             route: route.name.clone(),
             metrics: route.metrics.clone(),
-            topic: route.kafka_topic.clone(),
+            topic,
             key,
-            payload: publish.payload.clone(),
+            payload,
             headers,
+        })
+    }
+}
+
+/// The MQTT facts of `publish` as Kafka headers.
+fn headers(publish: &MqttPublish, user_property_prefix: &str) -> OwnedHeaders {
+    let qos = [b'0' + publish.qos.min(2)];
+    let retain: &[u8] = if publish.retain { b"true" } else { b"false" };
+    let mut headers = OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: HEADER_TOPIC,
+            value: Some(publish.topic.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_CLIENT_ID,
+            value: Some(publish.client_id.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_QOS,
+            value: Some(&qos[..]),
+        })
+        .insert(Header {
+            key: HEADER_RETAIN,
+            value: Some(retain),
+        });
+    if let Some(username) = &publish.username {
+        headers = headers.insert(Header {
+            key: HEADER_USERNAME,
+            value: Some(username.as_bytes()),
+        });
+    }
+    if let Some(cn) = &publish.cert_cn {
+        headers = headers.insert(Header {
+            key: HEADER_CERT_CN,
+            value: Some(cn.as_bytes()),
+        });
+    }
+    let Some(properties) = &publish.properties else {
+        return headers;
+    };
+    if let Some(format) = properties.payload_format_indicator {
+        headers = headers.insert(Header {
+            key: HEADER_PAYLOAD_FORMAT,
+            value: Some(&[b'0' + format.min(9)][..]),
+        });
+    }
+    if let Some(expiry) = properties.message_expiry_interval {
+        headers = headers.insert(Header {
+            key: HEADER_MESSAGE_EXPIRY,
+            value: Some(expiry.to_string().as_bytes()),
+        });
+    }
+    for (key, value) in [
+        (HEADER_CONTENT_TYPE, &properties.content_type),
+        (HEADER_RESPONSE_TOPIC, &properties.response_topic),
+    ] {
+        if let Some(value) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
         }
     }
+    if let Some(data) = &properties.correlation_data {
+        headers = headers.insert(Header {
+            key: HEADER_CORRELATION_DATA,
+            value: Some(&data[..]),
+        });
+    }
+    for (name, value) in &properties.user_properties {
+        let key = format!("{user_property_prefix}{name}");
+        if RESERVED_HEADERS.contains(&key.as_str()) {
+            continue;
+        }
+        headers = headers.insert(Header {
+            key: &key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
 }
 
 #[cfg(test)]
@@ -114,6 +266,7 @@ mod tests {
     use rdkafka::message::Headers;
 
     use super::*;
+    use crate::route::{KeySource, RouteConfig};
 
     fn publish() -> MqttPublish {
         MqttPublish {
@@ -122,8 +275,7 @@ mod tests {
             qos: 1,
             retain: true,
             payload: Bytes::from_static(b"\x00\xff21.5"),
-            username: None,
-            cert_cn: None,
+            ..MqttPublish::default()
         }
     }
 
@@ -141,7 +293,7 @@ mod tests {
 
     #[test]
     fn payload_is_forwarded_untouched_with_mqtt_headers() {
-        let record = Record::build(&route(KeySource::Topic), &publish());
+        let record = Record::build(&route(KeySource::Topic), &publish()).unwrap();
         assert_eq!(&*record.topic, "sensors");
         assert_eq!(&*record.route, "telemetry");
         assert_eq!(&record.payload[..], b"\x00\xff21.5");
@@ -157,11 +309,11 @@ mod tests {
 
     #[test]
     fn key_follows_the_route() {
-        let by_topic = Record::build(&route(KeySource::Topic), &publish());
+        let by_topic = Record::build(&route(KeySource::Topic), &publish()).unwrap();
         assert_eq!(by_topic.key.as_deref(), Some(&b"sensors/room1/temp"[..]));
-        let by_client = Record::build(&route(KeySource::ClientId), &publish());
+        let by_client = Record::build(&route(KeySource::ClientId), &publish()).unwrap();
         assert_eq!(by_client.key.as_deref(), Some(&b"dev-42"[..]));
-        let keyless = Record::build(&route(KeySource::None), &publish());
+        let keyless = Record::build(&route(KeySource::None), &publish()).unwrap();
         assert_eq!(keyless.key, None);
     }
 
@@ -170,8 +322,103 @@ mod tests {
         let mut p = publish();
         p.qos = 0;
         p.retain = false;
-        let record = Record::build(&route(KeySource::None), &p);
+        let record = Record::build(&route(KeySource::None), &p).unwrap();
         assert_eq!(header(&record, HEADER_QOS), Some(&b"0"[..]));
         assert_eq!(header(&record, HEADER_RETAIN), Some(&b"false"[..]));
+    }
+
+    fn configured(config: RouteConfig) -> Route {
+        Route::from_config(&RouteConfig {
+            name: "r".into(),
+            mqtt_filters: vec!["#".into()],
+            ..config
+        })
+    }
+
+    #[test]
+    fn mqtt5_properties_become_headers_each_user_property_its_own() {
+        let mut p = publish();
+        p.username = Some("alice".into());
+        p.properties = Some(Arc::new(MqttProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(3600),
+            content_type: Some("application/json".into()),
+            response_topic: Some("replies/dev-42".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+            user_properties: vec![
+                ("traceparent".into(), "00-abc-01".into()),
+                ("site".into(), "a".into()),
+                ("site".into(), "b".into()),
+                // Would pass for the authenticated user name: left out.
+                ("mqtt.username".into(), "mallory".into()),
+            ],
+        }));
+        let record = Record::build(&route(KeySource::None), &p).unwrap();
+        let all: Vec<(&str, Option<&[u8]>)> =
+            record.headers.iter().map(|h| (h.key, h.value)).collect();
+        for expected in [
+            (HEADER_CONTENT_TYPE, &b"application/json"[..]),
+            (HEADER_PAYLOAD_FORMAT, b"1"),
+            (HEADER_MESSAGE_EXPIRY, b"3600"),
+            (HEADER_RESPONSE_TOPIC, b"replies/dev-42"),
+            (HEADER_CORRELATION_DATA, b"\x01\x02"),
+            ("traceparent", b"00-abc-01"),
+        ] {
+            assert!(
+                all.contains(&(expected.0, Some(expected.1))),
+                "{expected:?} in {all:?}"
+            );
+        }
+        let sites: Vec<_> = all.iter().filter(|(k, _)| *k == "site").collect();
+        assert_eq!(
+            sites,
+            [&("site", Some(&b"a"[..])), &("site", Some(&b"b"[..]))]
+        );
+        let usernames: Vec<_> = all.iter().filter(|(k, _)| *k == HEADER_USERNAME).collect();
+        assert_eq!(usernames, [&(HEADER_USERNAME, Some(&b"alice"[..]))]);
+
+        let prefixed = configured(RouteConfig {
+            kafka_topic: "t".into(),
+            user_property_prefix: "mqtt.user.".into(),
+            ..RouteConfig::default()
+        });
+        let record = Record::build(&prefixed, &p).unwrap();
+        assert_eq!(
+            header(&record, "mqtt.user.traceparent"),
+            Some(&b"00-abc-01"[..])
+        );
+        assert_eq!(header(&record, "traceparent"), None);
+
+        let bare = configured(RouteConfig {
+            kafka_topic: "t".into(),
+            headers: false,
+            ..RouteConfig::default()
+        });
+        assert_eq!(Record::build(&bare, &p).unwrap().headers.count(), 0);
+    }
+
+    #[test]
+    fn topic_and_key_templates_are_filled_per_record() {
+        let route = configured(RouteConfig {
+            kafka_topic: "telemetry.{topic.1}".into(),
+            key: KeySource::Template("{payload.ship.mmsi}".into()),
+            ..RouteConfig::default()
+        });
+        let mut p = publish();
+        p.payload = Bytes::from_static(br#"{"ship":{"mmsi":235001234}}"#);
+        let record = Record::build(&route, &p).unwrap();
+        assert_eq!(&*record.topic, "telemetry.sensors");
+        assert_eq!(record.key.as_deref(), Some(&b"235001234"[..]));
+
+        p.payload = Bytes::from_static(br#"{"ship":{}}"#);
+        let error = Record::build(&route, &p).unwrap_err();
+        assert!(error.is_payload(), "{error}");
+
+        // A level that fills the template but is no Kafka topic name.
+        p.topic = "bad topic/x".into();
+        p.payload = Bytes::from_static(br#"{"ship":{"mmsi":1}}"#);
+        let error = Record::build(&route, &p).unwrap_err();
+        assert!(matches!(error, RecordError::BadTopic { .. }), "{error}");
+        assert!(!error.is_payload());
     }
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer};
 
 use crate::events::RouteMetrics;
+use crate::format::{Envelope, Format};
 use crate::problems::{deserialize_one_of, Problems};
+use crate::template::Template;
 
 /// Longest MQTT topic filter or name, in bytes ([MQTT-1.5.3], a UTF-8 string's
 /// two-byte length prefix).
@@ -24,7 +26,7 @@ pub const MAX_KAFKA_TOPIC_CHARS: usize = 249;
 /// Every field has a default only so that a field of the wrong type can be left
 /// out and the rest of the entry still checked; [`validate_routes`] reports the
 /// required ones when missing.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
     /// Name of the route, unique; appears as the `route` label on metrics, so it
@@ -33,16 +35,63 @@ pub struct RouteConfig {
     /// MQTT topic filters (with `+` and `#` wildcards) whose publishes this route
     /// forwards. A publish matching several filters of one route is forwarded once.
     pub mqtt_filters: Vec<String>,
-    /// Kafka topic the records are written to.
+    /// Kafka topic the records are written to: a name, or a template
+    /// (`telemetry.{topic.1}`, see `template`).
     pub kafka_topic: String,
     /// What the Kafka record key is: the MQTT `topic`, the publisher's `client_id`,
-    /// its authenticated `username` (no key for an anonymous client), or `none`
-    /// (no key: the producer's partitioner spreads records).
+    /// its authenticated `username` (no key for an anonymous client), `none`
+    /// (no key: the producer's partitioner spreads records), or a template
+    /// (`{topic.2}`, `{payload.ship.mmsi}`).
     pub key: KeySource,
     /// Which of this route's records go through the spool when `[spool]` is
     /// enabled: `qos12` (default: QoS 1/2 ones), `all` (QoS 0 ones too), or
     /// `off` (none: acknowledged only once Kafka has the record).
     pub spool: RouteSpool,
+    /// The record's value: `raw` (the payload) or `json_envelope`.
+    pub format: FormatName,
+    /// The JSON envelope's options (with `format = "json_envelope"`).
+    pub envelope: Envelope,
+    /// Whether records carry the MQTT facts as headers (default true).
+    pub headers: bool,
+    /// Put before each MQTT 5 user property's name to make its header's
+    /// name (default: none, the header is named as the property).
+    pub user_property_prefix: String,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            name: String::new(),
+            mqtt_filters: Vec::new(),
+            kafka_topic: String::new(),
+            key: KeySource::default(),
+            spool: RouteSpool::default(),
+            format: FormatName::default(),
+            envelope: Envelope::default(),
+            headers: true,
+            user_property_prefix: String::new(),
+        }
+    }
+}
+
+/// The `format` a route writes records in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FormatName {
+    #[default]
+    Raw,
+    JsonEnvelope,
+}
+
+impl<'de> Deserialize<'de> for FormatName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_one_of(
+            deserializer,
+            &[
+                ("raw", FormatName::Raw),
+                ("json_envelope", FormatName::JsonEnvelope),
+            ],
+        )
+    }
 }
 
 /// Which records of a route are written ahead to the spool (when it is on).
@@ -82,7 +131,7 @@ impl<'de> Deserialize<'de> for RouteSpool {
 }
 
 /// Where a record's Kafka key comes from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum KeySource {
     /// The MQTT topic name: one topic's messages stay in order in one partition.
     #[default]
@@ -94,40 +143,105 @@ pub enum KeySource {
     Username,
     /// No key.
     None,
+    /// A template (see `template`), as written; checked by [`validate_routes`].
+    Template(String),
 }
 
 impl<'de> Deserialize<'de> for KeySource {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_one_of(
-            deserializer,
-            &[
-                ("topic", KeySource::Topic),
-                ("client_id", KeySource::ClientId),
-                ("username", KeySource::Username),
-                ("none", KeySource::None),
-            ],
-        )
+        let text = String::deserialize(deserializer)?;
+        Ok(match text.as_str() {
+            "topic" => KeySource::Topic,
+            "client_id" => KeySource::ClientId,
+            "username" => KeySource::Username,
+            "none" => KeySource::None,
+            _ if text.contains('{') => KeySource::Template(text),
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown value `{text}`, expected one of `topic`, `client_id`, `username`, \
+                     `none`, or a template such as `{{topic.2}}`"
+                )))
+            }
+        })
     }
+}
+
+/// A compiled route's Kafka topic.
+#[derive(Debug, Clone)]
+pub enum KafkaTopic {
+    Fixed(Arc<str>),
+    Template(Template),
+}
+
+/// A compiled route's record key.
+#[derive(Debug, Clone)]
+pub enum RecordKey {
+    Topic,
+    ClientId,
+    Username,
+    None,
+    Template(Template),
 }
 
 /// A compiled route.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: Arc<str>,
-    pub kafka_topic: Arc<str>,
-    pub key: KeySource,
+    pub kafka_topic: KafkaTopic,
+    pub key: RecordKey,
     pub spool: RouteSpool,
+    pub format: Format,
+    pub headers: bool,
+    pub user_property_prefix: String,
     pub metrics: RouteMetrics,
 }
 
 impl Route {
+    /// A raw-format route with MQTT headers. A topic or key template that
+    /// does not parse is taken as literal text: [`validate_routes`] refuses
+    /// such a configuration before any route is built.
     pub fn new(name: &str, kafka_topic: &str, key: KeySource) -> Route {
+        let kafka_topic = match Template::parse(kafka_topic) {
+            Ok(template) => match template.literal() {
+                Some(topic) => KafkaTopic::Fixed(topic.into()),
+                None => KafkaTopic::Template(template),
+            },
+            Err(_) => KafkaTopic::Fixed(kafka_topic.into()),
+        };
+        let key = match key {
+            KeySource::Topic => RecordKey::Topic,
+            KeySource::ClientId => RecordKey::ClientId,
+            KeySource::Username => RecordKey::Username,
+            KeySource::None => RecordKey::None,
+            KeySource::Template(text) => match Template::parse(&text) {
+                Ok(template) => RecordKey::Template(template),
+                Err(_) => RecordKey::None,
+            },
+        };
         Route {
             name: name.into(),
-            kafka_topic: kafka_topic.into(),
+            kafka_topic,
             key,
             spool: RouteSpool::default(),
+            format: Format::Raw,
+            headers: true,
+            user_property_prefix: String::new(),
             metrics: RouteMetrics::register(name),
+        }
+    }
+
+    /// The route a validated `config` describes.
+    pub fn from_config(config: &RouteConfig) -> Route {
+        let format = match config.format {
+            FormatName::Raw => Format::Raw,
+            FormatName::JsonEnvelope => Format::JsonEnvelope(config.envelope.clone()),
+        };
+        Route {
+            spool: config.spool,
+            format,
+            headers: config.headers,
+            user_property_prefix: config.user_property_prefix.clone(),
+            ..Route::new(&config.name, &config.kafka_topic, config.key.clone())
         }
     }
 
@@ -226,8 +340,67 @@ pub fn validate_routes(routes: &[RouteConfig], problems: &mut Problems) {
         }
         if route.kafka_topic.is_empty() {
             problems.push(format!("{at}.kafka_topic"), "missing or empty");
-        } else if let Some(message) = kafka_topic_problem(&route.kafka_topic) {
-            problems.push(format!("{at}.kafka_topic"), message);
+        } else {
+            match Template::parse(&route.kafka_topic) {
+                Err(message) => problems.push(format!("{at}.kafka_topic"), message),
+                Ok(template) => match template.literal() {
+                    Some(topic) => {
+                        if let Some(message) = kafka_topic_problem(topic) {
+                            problems.push(format!("{at}.kafka_topic"), message);
+                        }
+                    }
+                    None => {
+                        let bad = template
+                            .literals()
+                            .flat_map(str::chars)
+                            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+                        if let Some(bad) = bad {
+                            problems.push(
+                                format!("{at}.kafka_topic"),
+                                format!("'{bad}' is not allowed in a Kafka topic name (only ASCII letters, digits, '.', '_', '-')"),
+                            );
+                        }
+                        check_levels(&template, route, &format!("{at}.kafka_topic"), problems);
+                    }
+                },
+            }
+        }
+        if let KeySource::Template(text) = &route.key {
+            match Template::parse(text) {
+                Err(message) => problems.push(format!("{at}.key"), message),
+                Ok(template) if template.literal().is_some() => problems.push(
+                    format!("{at}.key"),
+                    "a key template needs a placeholder (every record would have the same key)",
+                ),
+                Ok(template) => check_levels(&template, route, &format!("{at}.key"), problems),
+            }
+        }
+        if route.format != FormatName::JsonEnvelope && route.envelope != Envelope::default() {
+            problems.push(
+                format!("{at}.envelope"),
+                "set only with format = \"json_envelope\"",
+            );
+        }
+    }
+}
+
+/// A template naming a topic level that none of a route's filters' topics
+/// can have is a mistake: every record would fail.
+fn check_levels(template: &Template, route: &RouteConfig, at: &str, problems: &mut Problems) {
+    let Some(level) = template.deepest_level() else {
+        return;
+    };
+    for filter in &route.mqtt_filters {
+        let levels = filter.split('/').count();
+        if !filter.ends_with('#') && levels < level {
+            problems.push(
+                at,
+                format!(
+                    "'{}' names topic level {level}, but the filter '{filter}' matches topics of {levels} level{}",
+                    template.source(),
+                    if levels == 1 { "" } else { "s" }
+                ),
+            );
         }
     }
 }
@@ -261,9 +434,7 @@ impl RouteTable {
 
         let mut table = RouteTable::default();
         for (id, config) in configs.iter().enumerate() {
-            table.routes.push(
-                Route::new(&config.name, &config.kafka_topic, config.key).with_spool(config.spool),
-            );
+            table.routes.push(Route::from_config(config));
             for filter in &config.mqtt_filters {
                 table.insert(filter, id);
             }
@@ -476,5 +647,49 @@ mod tests {
         assert!(kafka_topic_problem("..").is_some());
         assert!(kafka_topic_problem("a/b").is_some());
         assert!(kafka_topic_problem(&"x".repeat(250)).is_some());
+    }
+
+    #[test]
+    fn templates_are_checked_against_the_filters() {
+        let mut templated = route("t", &["ships/+/position", "ships/#"], "ais.{topic.2}");
+        templated.key = KeySource::Template("{topic.3}/{payload.mmsi}".into());
+        assert!(RouteTable::compile(&[templated.clone()]).is_ok());
+
+        let mut deep = templated.clone();
+        deep.kafka_topic = "ais.{topic.4}".into();
+        deep.mqtt_filters = vec!["ships/+/position".into()];
+        let text = RouteTable::compile(&[deep]).unwrap_err().to_string();
+        assert!(
+            text.contains("routes[0].kafka_topic: 'ais.{topic.4}' names topic level 4, but the filter 'ships/+/position' matches topics of 3 levels"),
+            "{text}"
+        );
+
+        for (topic, key, says) in [
+            (
+                "ais {topic.1}",
+                "{topic}",
+                "routes[0].kafka_topic: ' ' is not allowed",
+            ),
+            (
+                "ais.{nope}",
+                "{topic}",
+                "routes[0].kafka_topic: unknown placeholder '{nope}'",
+            ),
+            (
+                "ais",
+                "{topic.1",
+                "routes[0].key: '{' at byte 0 is not closed",
+            ),
+            (
+                "ais",
+                "{{fixed}}",
+                "routes[0].key: a key template needs a placeholder",
+            ),
+        ] {
+            let mut bad = route("t", &["a/#"], topic);
+            bad.key = KeySource::Template(key.into());
+            let text = RouteTable::compile(&[bad]).unwrap_err().to_string();
+            assert!(text.contains(says), "{topic} {key}: {text}");
+        }
     }
 }

@@ -51,12 +51,11 @@ async fn ten_thousand_records_come_back_intact_and_in_order_per_key() {
             qos: (seq % 3) as u8,
             retain: seq.is_multiple_of(2),
             payload: Bytes::from(format!("{device}:{seq}")),
-            username: None,
-            cert_cn: None,
+            ..MqttPublish::default()
         };
         let routes = table.matches(&publish.topic);
         assert_eq!(routes.len(), 1);
-        let record = Record::build(routes[0], &publish);
+        let record = Record::build(routes[0], &publish).unwrap();
         pending.push(producer.enqueue(record).await.expect("enqueue"));
     }
     let reports = join_all(pending).await;
@@ -134,10 +133,11 @@ async fn an_oversized_record_is_reported_as_a_typed_error_not_a_success() {
         qos: 1,
         retain: false,
         payload: Bytes::from(vec![7u8; 10_000]),
-        username: None,
-        cert_cn: None,
+        ..MqttPublish::default()
     };
-    let result = producer.send(Record::build(&route, &publish)).await;
+    let result = producer
+        .send(Record::build(&route, &publish).unwrap())
+        .await;
     let err = result.expect_err("a 10 kB record over a 2 kB limit is not delivered");
     assert_eq!(err.reason(), "message_too_large", "{err}");
     assert!(!err.is_transient());
@@ -159,12 +159,11 @@ async fn an_unreachable_kafka_times_out_instead_of_succeeding() {
         qos: 1,
         retain: false,
         payload: Bytes::from_static(b"x"),
-        username: None,
-        cert_cn: None,
+        ..MqttPublish::default()
     };
     let result = tokio::time::timeout(
         Duration::from_secs(20),
-        producer.send(Record::build(&route, &publish)),
+        producer.send(Record::build(&route, &publish).unwrap()),
     )
     .await
     .expect("the delivery timeout bounds the wait");

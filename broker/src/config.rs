@@ -672,6 +672,69 @@ mod tests {
     }
 
     #[test]
+    fn templates_formats_and_envelopes_are_read_from_the_file() {
+        let text = r##"
+            [[routes]]
+            name = "ais"
+            mqtt_filters = ["ships/+/position"]
+            kafka_topic = "ais.{topic.2}"
+            key = "{payload.ship.mmsi}"
+            format = "json_envelope"
+            envelope = { payload = "json", fields = ["timestamp", "client_id"] }
+            headers = false
+            user_property_prefix = "mqtt.user."
+        "##;
+        let config = Config::from_toml(text).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.format, tributary_bridge::FormatName::JsonEnvelope);
+        assert_eq!(
+            route.key,
+            tributary_bridge::KeySource::Template("{payload.ship.mmsi}".into())
+        );
+        assert_eq!(
+            route.envelope.fields,
+            [
+                tributary_bridge::format::EnvelopeField::Timestamp,
+                tributary_bridge::format::EnvelopeField::ClientId
+            ]
+        );
+        assert!(!route.headers);
+
+        let bad = r##"
+            [[routes]]
+            name = "ais"
+            mqtt_filters = ["ships/+/position"]
+            kafka_topic = "ais.{topic.3}.{topic.9}"
+            key = "{client}"
+            format = "avro-ish"
+            envelope = { payload = "hex", fields = ["colour"] }
+        "##;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(bad) else {
+            panic!("expected an invalid config");
+        };
+        let text = problems.to_string();
+        for expected in [
+            "routes[0].format: ",
+            "routes[0].envelope.payload: ",
+            "routes[0].kafka_topic: 'ais.{topic.3}.{topic.9}' names topic level 9",
+            "routes[0].key: unknown placeholder '{client}'",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(
+            &bad.replace("\"hex\"", "\"json\"")
+                .replace("avro-ish", "raw"),
+        ) else {
+            panic!("expected an invalid config");
+        };
+        let text = problems.to_string();
+        assert!(
+            text.contains("routes[0].envelope.fields[0]: unknown value `colour`"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_route_field_of_the_wrong_type_hides_nothing_else() {
         let text = r##"
             [[routes]]

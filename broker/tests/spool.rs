@@ -155,6 +155,7 @@ async fn with_the_spool_publishes_are_acknowledged_while_kafka_is_down_and_all_r
                 kafka_topic: topic.clone(),
                 key: KeySource::ClientId,
                 spool,
+                ..RouteConfig::default()
             });
         }
     })

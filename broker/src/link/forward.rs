@@ -10,9 +10,14 @@
 use std::sync::Arc;
 
 use tributary_bridge::spool::{SpoolHandle, SpooledRecord};
+use tributary_bridge::template::PayloadJson;
 use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record, RouteTable};
 
+use rumqttd::protocol::PublishProperties;
+use tributary_bridge::MqttProperties;
+
 use super::gate::Report;
+use super::origin::ORIGIN_PROPERTY;
 
 /// What a full spool does with a publish's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +63,9 @@ impl Forwarder {
         let routes = self.routes.matches(&message.topic);
         let mut reports = Vec::with_capacity(routes.len());
         let mut spooled = Vec::new();
+        let mut json = PayloadJson::default();
         for route in routes {
-            let record = Record::build(route, message);
+            let record = Record::build_with(route, message, &mut json)?;
             match &self.spool {
                 Some(_) if route.spool.takes(message.qos) => {
                     let mut entry = Vec::new();
@@ -81,4 +87,25 @@ impl Forwarder {
         }
         Ok(reports)
     }
+}
+
+/// The properties of a publish a Kafka consumer may need; `None` when it has
+/// none of them. The gateway's own (origin) property is never among them.
+pub fn mqtt_properties(properties: Option<&PublishProperties>) -> Option<Arc<MqttProperties>> {
+    let p = properties?;
+    let user_properties: Vec<(String, String)> = p
+        .user_properties
+        .iter()
+        .filter(|(key, _)| key != ORIGIN_PROPERTY)
+        .cloned()
+        .collect();
+    let mqtt = MqttProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties,
+    };
+    (mqtt != MqttProperties::default()).then(|| Arc::new(mqtt))
 }

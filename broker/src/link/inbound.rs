@@ -23,7 +23,7 @@ use tributary_bridge::{DeliveryError, DeliveryFailure, MqttPublish, Pace};
 
 use super::codec::{self, Version};
 use super::connection::Connection;
-use super::forward::WhenFull;
+use super::forward::{mqtt_properties, WhenFull};
 use super::gate::{AllDelivered, Gate, Released};
 use super::origin::Origin;
 use super::retained::RetainedMessage;
@@ -258,6 +258,8 @@ impl Inbound {
             return Ok(None);
         }
 
+        // What the router forgets travels with the message (see `origin`).
+        let origin = Origin::now(meta.qos, meta.retain, client_id);
         let message = MqttPublish {
             topic,
             client_id: client_id.clone(),
@@ -266,6 +268,8 @@ impl Inbound {
             payload: publish.payload.clone(),
             username: identity.username.clone(),
             cert_cn: identity.cert_cn.clone(),
+            properties: mqtt_properties(properties.as_ref()),
+            received_ms: origin.received_ms,
         };
         // An MQTT 3.1.1 device cannot be told the spool is full: its publish
         // waits for room instead (its window fills, reading stops).
@@ -274,8 +278,6 @@ impl Inbound {
             Version::V5 => WhenFull::Refuse,
         };
         let deliveries = ctx.forwarder.forward(&message, self.pace, when_full).await;
-        // What the router forgets travels with the message (see `origin`).
-        let origin = Origin::now(meta.qos, meta.retain, client_id);
         let properties = origin.attach(properties);
         let retained = meta.retain.then(|| {
             Box::new(RetainedMessage {
@@ -499,6 +501,11 @@ enum AckReason {
     ImplementationSpecific,
     /// 0x80: Kafka did not answer in time, or failed otherwise.
     Unspecified,
+    /// 0x99: the payload is not what the route's format or templates need.
+    PayloadFormatInvalid,
+    /// 0x90: the route cannot make a Kafka topic or key from this topic
+    /// (or this client).
+    TopicNameInvalid,
 }
 
 impl From<Option<DeliveryFailure>> for AckReason {
@@ -509,6 +516,8 @@ impl From<Option<DeliveryFailure>> for AckReason {
                 AckReason::QuotaExceeded
             }
             Some(DeliveryFailure::NotAuthorized) => AckReason::NotAuthorized,
+            Some(DeliveryFailure::InvalidPayload) => AckReason::PayloadFormatInvalid,
+            Some(DeliveryFailure::Unroutable) => AckReason::TopicNameInvalid,
             Some(DeliveryFailure::UnknownTopic | DeliveryFailure::MessageTooLarge) => {
                 AckReason::ImplementationSpecific
             }
@@ -530,6 +539,8 @@ impl AckReason {
             AckReason::NotAuthorized => PubAckReason::NotAuthorized,
             AckReason::ImplementationSpecific => PubAckReason::ImplementationSpecificError,
             AckReason::Unspecified => PubAckReason::UnspecifiedError,
+            AckReason::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
+            AckReason::TopicNameInvalid => PubAckReason::TopicNameInvalid,
         }
     }
 
@@ -540,6 +551,8 @@ impl AckReason {
             AckReason::NotAuthorized => PubRecReason::NotAuthorized,
             AckReason::ImplementationSpecific => PubRecReason::ImplementationSpecificError,
             AckReason::Unspecified => PubRecReason::UnspecifiedError,
+            AckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
+            AckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
         }
     }
 }

@@ -14,7 +14,7 @@ use rumqttd::protocol::{LastWill, LastWillProperties, Packet, Publish, PublishPr
 use tributary_bridge::{MqttPublish, Pace};
 
 use crate::events;
-use crate::link::forward::{Forwarder, WhenFull};
+use crate::link::forward::{mqtt_properties, Forwarder, WhenFull};
 use crate::link::origin::Origin;
 use crate::link::registry::Registry;
 use crate::link::retained::{Retained, RetainedMessage};
@@ -167,6 +167,8 @@ impl Wills {
             payload: will.payload.clone(),
             username: will.username.clone(),
             cert_cn: will.cert_cn.clone(),
+            properties: mqtt_properties(will.properties.as_ref()),
+            received_ms: crate::link::origin::unix_ms(std::time::SystemTime::now()),
         };
         // Like a publish: into Kafka, or durable in the spool, before any
         // subscriber sees it.

@@ -1,0 +1,253 @@
+//! Record formats, topic and key templates, and MQTT 5 headers, with a real
+//! MQTT 5 client and a real Kafka read back by a consumer.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event};
+use serde_json::{json, Value};
+use tributary_bridge::format::{Envelope, EnvelopeField, EnvelopePayload};
+use tributary_bridge::testing::{consume, create_topic, header, require_kafka, unique_topic};
+use tributary_bridge::{FormatName, KeySource, RouteConfig};
+
+const PARTITIONS: i32 = 4;
+
+/// Kafka's Java `Utils.murmur2`, which its default partitioner applies to a
+/// record's key: the reference the records' partitions are checked against.
+fn murmur2(data: &[u8]) -> i32 {
+    const M: i32 = 0x5bd1_e995;
+    let mut h: i32 = 0x9747_b28c_u32 as i32 ^ data.len() as i32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = i32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= ((k as u32) >> 24) as i32;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= i32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= i32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= i32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= ((h as u32) >> 13) as i32;
+    h = h.wrapping_mul(M);
+    h ^= ((h as u32) >> 15) as i32;
+    h
+}
+
+/// The partition Kafka's Java producer chooses for `key`.
+fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[test]
+fn the_reference_murmur2_is_kafkas() {
+    // Kafka's own test vectors (UtilsTest.testMurmur2).
+    for (input, expected) in [
+        (&b"21"[..], -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (
+            b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        ),
+        (b"abc", 479_470_107),
+    ] {
+        assert_eq!(
+            murmur2(input),
+            expected,
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+/// Waits for the next PUBACK and returns its reason.
+async fn next_puback(eventloop: &mut rumqttc::v5::EventLoop) -> PubAckReason {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet5::PubAck(ack)))) => return ack.reason,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("the connection failed: {error}"),
+            Err(_) => panic!("no PUBACK within 30 s"),
+        }
+    }
+}
+
+fn envelope(message: &OwnedMessage) -> Value {
+    serde_json::from_slice(message.payload().expect("a value")).expect("the value is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templated_topics_and_keys_json_envelopes_and_mqtt5_headers_reach_kafka() {
+    let bootstrap = require_kafka();
+    let base = unique_topic("tributary-formats");
+    for region in ["eu", "us"] {
+        create_topic(&bootstrap, &format!("{base}.{region}"), PARTITIONS).await;
+    }
+    let raw_topic = unique_topic("tributary-formats-raw");
+    create_topic(&bootstrap, &raw_topic, PARTITIONS).await;
+    let server = common::start(&bootstrap, &[], |config| {
+        config.routes = vec![
+            RouteConfig {
+                name: "ais".into(),
+                mqtt_filters: vec!["ships/+/position".into()],
+                kafka_topic: format!("{base}.{{topic.2}}"),
+                key: KeySource::Template("{payload.ship.mmsi}".into()),
+                format: FormatName::JsonEnvelope,
+                envelope: Envelope {
+                    payload: EnvelopePayload::Json,
+                    fields: vec![
+                        EnvelopeField::ClientId,
+                        EnvelopeField::Qos,
+                        EnvelopeField::UserProperties,
+                    ],
+                },
+                ..RouteConfig::default()
+            },
+            // The forwarding service's form: base64 payload, topic beside it.
+            RouteConfig {
+                name: "wrapped".into(),
+                mqtt_filters: vec!["raw/#".into()],
+                kafka_topic: raw_topic.clone(),
+                key: KeySource::Template("{topic.2}".into()),
+                format: FormatName::JsonEnvelope,
+                ..RouteConfig::default()
+            },
+        ];
+    })
+    .await;
+
+    let options = common::v5_options(server.mqtt_addr(), "ship-feed");
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let ships = [
+        "235001234",
+        "244660000",
+        "311000123",
+        "538001111",
+        "636092000",
+    ];
+    for (i, mmsi) in ships.iter().enumerate() {
+        let region = if i % 2 == 0 { "eu" } else { "us" };
+        let properties = PublishProperties {
+            content_type: Some("application/json".into()),
+            correlation_data: Some(Bytes::from(vec![0, i as u8])),
+            user_properties: vec![
+                ("traceparent".into(), format!("00-{i:032x}-01")),
+                ("mqtt.username".into(), "forged".into()),
+            ],
+            ..PublishProperties::default()
+        };
+        let payload = json!({"ship": {"mmsi": mmsi, "speed": 11.5}}).to_string();
+        client
+            .publish_with_properties(
+                format!("ships/{region}/position"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            )
+            .await
+            .unwrap();
+        assert_eq!(next_puback(&mut eventloop).await, PubAckReason::Success);
+    }
+    // A payload without the key's field, and one that is not JSON: each is
+    // refused on its own (0x99); the connection goes on.
+    for bad in [&br#"{"ship":{}}"#[..], b"\xff not json"] {
+        client
+            .publish("ships/eu/position", QoS::AtLeastOnce, false, bad.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            next_puback(&mut eventloop).await,
+            PubAckReason::PayloadFormatInvalid
+        );
+    }
+    client
+        .publish(
+            "raw/dev-9/temp",
+            QoS::AtLeastOnce,
+            false,
+            &b"\x00\xff21.5"[..],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next_puback(&mut eventloop).await, PubAckReason::Success);
+
+    let mut seen = Vec::new();
+    for (region, expected) in [("eu", 3), ("us", 2)] {
+        let topic = format!("{base}.{region}");
+        let messages = consume(&bootstrap, &topic, expected, Duration::from_secs(30));
+        assert_eq!(messages.len(), expected, "records in {topic}");
+        for message in messages {
+            let key = message.key().expect("a key").to_vec();
+            let mmsi = String::from_utf8(key.clone()).unwrap();
+            assert_eq!(
+                message.partition(),
+                java_partition(&key, PARTITIONS),
+                "key {mmsi} is where Kafka's Java producer puts it"
+            );
+            let value = envelope(&message);
+            assert_eq!(value["topic"], format!("ships/{region}/position"));
+            assert_eq!(value["payload"]["ship"]["mmsi"], mmsi.as_str());
+            assert_eq!(value["client_id"], "ship-feed");
+            assert_eq!(value["qos"], 1);
+            let i = ships.iter().position(|s| *s == mmsi).unwrap();
+            assert_eq!(
+                value["user_properties"],
+                json!([
+                    ["traceparent", format!("00-{i:032x}-01")],
+                    ["mqtt.username", "forged"]
+                ])
+            );
+            assert_eq!(
+                header(&message, "mqtt.content_type"),
+                Some(&b"application/json"[..])
+            );
+            assert_eq!(
+                header(&message, "mqtt.correlation_data"),
+                Some(&[0, i as u8][..])
+            );
+            assert_eq!(
+                header(&message, "traceparent").map(<[u8]>::to_vec),
+                Some(format!("00-{i:032x}-01").into_bytes())
+            );
+            assert_eq!(
+                header(&message, "mqtt.username"),
+                None,
+                "a user property cannot pose as the authenticated user"
+            );
+            seen.push(mmsi);
+        }
+    }
+    seen.sort();
+    let mut all = ships.map(String::from).to_vec();
+    all.sort();
+    assert_eq!(seen, all, "every acknowledged ship once, none refused");
+
+    let wrapped = consume(&bootstrap, &raw_topic, 1, Duration::from_secs(30));
+    assert_eq!(wrapped.len(), 1);
+    assert_eq!(
+        wrapped[0].payload(),
+        Some(&br#"{"topic":"raw/dev-9/temp","payload":"AP8yMS41"}"#[..])
+    );
+    assert_eq!(wrapped[0].key(), Some(&b"dev-9"[..]));
+    assert_eq!(wrapped[0].partition(), java_partition(b"dev-9", PARTITIONS));
+    server.shutdown().await;
+}
