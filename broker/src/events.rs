@@ -34,6 +34,77 @@ impl NoRoutes {
     }
 }
 
+/// Route reloads, by `result` (`ok`, `failed`).
+pub const ROUTE_RELOADS_TOTAL: &str = "tributary_route_reloads_total";
+
+/// New routes are in use.
+pub struct RoutesReloaded {
+    pub routes: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+}
+
+impl RoutesReloaded {
+    pub fn emit(self) {
+        tracing::info!(
+            routes = self.routes,
+            added = self.added,
+            removed = self.removed,
+            changed = self.changed,
+            "routes reloaded: publishes from now on take the new routes"
+        );
+        metrics::counter!(ROUTE_RELOADS_TOTAL, "result" => "ok").increment(1);
+    }
+}
+
+/// The configuration file changed but could not be used: the routes in use stay.
+pub struct RoutesNotReloaded<'a> {
+    pub source: &'a crate::config::ConfigSource,
+    pub problems: &'a str,
+}
+
+impl RoutesNotReloaded<'_> {
+    pub fn emit(self) {
+        // One line, so a log collector keeps the problems with the message.
+        let problems: Vec<&str> = self
+            .problems
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect();
+        tracing::error!(
+            "routes not reloaded, the routes in use stay: {} is invalid: {}",
+            self.source,
+            problems.join("; ")
+        );
+        metrics::counter!(ROUTE_RELOADS_TOTAL, "result" => "failed").increment(1);
+    }
+}
+
+/// SIGHUP, and the file's routes are the ones in use.
+pub struct RoutesUnchanged;
+
+impl RoutesUnchanged {
+    pub fn emit(self) {
+        tracing::info!("routes unchanged");
+    }
+}
+
+/// Settings other than routes changed in the file: they need a restart.
+pub struct RestartNeeded<'a> {
+    pub source: &'a crate::config::ConfigSource,
+}
+
+impl RestartNeeded<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            "{} changed outside [[routes]]: those settings take effect at the next restart (only routes are reloaded)",
+            self.source
+        );
+    }
+}
+
 /// A device connection was accepted.
 pub struct ConnectionAccepted {
     pub peer: SocketAddr,

@@ -28,7 +28,7 @@ pub mod telemetry;
 /// MQTT byte-level helpers (remaining length, varints, header peeking).
 pub use tributary_wire as wire;
 
-use config::Config;
+use config::{Config, ConfigSource};
 use link::registry::Registry;
 use link::session_store::SessionStore;
 use link::will::Wills;
@@ -128,12 +128,18 @@ impl Server {
 
 /// Starts everything `config` describes and returns once all listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    start_from(config, ConfigSource::Defaults).await
+}
+
+/// [`start`], with the routes of `source`'s file reloaded when it changes
+/// (and on SIGHUP).
+pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<Server> {
     let prometheus = telemetry::prometheus();
-    let routes = Arc::new(
+    let routes: reload::SharedRoutes = Arc::new(arc_swap::ArcSwap::from_pointee(
         RouteTable::compile(&config.routes)
             .map_err(|problems| anyhow::anyhow!("invalid routes:\n{problems}"))?,
-    );
-    if routes.is_empty() {
+    ));
+    if routes.load().is_empty() {
         events::NoRoutes.emit();
     }
     let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
@@ -218,6 +224,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .context("starting the router")?;
     let registry = Registry::default();
     let retained = Arc::new(link::retained::Retained::default());
+    if let Some(watch) = reload::RoutesReload::new(source, &config, routes.clone()) {
+        reloadable.push(Arc::new(watch) as Arc<dyn reload::Reload>);
+    }
     let forwarder = link::forward::Forwarder::new(routes, producer.clone(), spool);
     let wills = Wills::new(forwarder.clone(), registry.clone(), retained.clone());
     let auth = Arc::new(auth::Authenticator::new(&config.auth)?);
@@ -287,8 +296,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 }
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
-    let server = start(config).await?;
+pub async fn run_until_signal(config: Config, source: ConfigSource) -> anyhow::Result<()> {
+    let server = start_from(config, source).await?;
     wait_for_signal().await;
     server.shutdown().await;
     Ok(())

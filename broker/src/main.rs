@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tributary::run_until_signal(config)) {
+    match runtime.block_on(tributary::run_until_signal(config, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

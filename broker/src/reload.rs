@@ -1,15 +1,20 @@
 //! Reloading what may change under a running server: TLS certificates, the
-//! password file, the ACL. Files are looked at every [`RELOAD_POLL`] and
-//! reloaded when they changed; SIGHUP reloads everything at once.
+//! password file, the ACL, and the routes of the configuration file. Files are
+//! looked at every [`RELOAD_POLL`] and reloaded when they changed; SIGHUP
+//! reloads everything at once.
 //!
 //! A reload never takes anything down: what cannot be loaded is reported and
 //! what was serving serves on (each [`Reload`] keeps that promise itself).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
+use tributary_bridge::{RouteConfig, RouteTable};
 
+use crate::config::{Config, ConfigSource};
+use crate::events;
 use crate::listener::tls::TlsConfig;
 
 /// How often files are checked for changes.
@@ -43,7 +48,7 @@ pub fn spawn(items: Vec<Arc<dyn Reload>>, shutdown: CancellationToken) {
                 () = next_hangup(&mut hangup) => true,
             };
             if force {
-                tracing::info!("SIGHUP: reloading certificates, password file and ACL");
+                tracing::info!("SIGHUP: reloading routes, certificates, password file and ACL");
             }
             // File reads and key parsing: off the async workers.
             let items = items.clone();
@@ -55,6 +60,135 @@ pub fn spawn(items: Vec<Arc<dyn Reload>>, shutdown: CancellationToken) {
             .await;
         }
     });
+}
+
+/// The routes in use, shared by every connection; swapped whole on reload.
+pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
+
+/// The routes of the configuration file, read again when it changes.
+///
+/// The whole file is read and checked as at start (environment overrides
+/// included): an invalid one changes nothing, and every problem is logged.
+/// Only `[[routes]]` take effect; a change anywhere else is reported once as
+/// waiting for a restart. Connections are untouched: a publish takes the
+/// routes in use when it arrives, so one already on its way finishes under
+/// the routes it started with.
+pub struct RoutesReload {
+    path: std::path::PathBuf,
+    source: ConfigSource,
+    routes: SharedRoutes,
+    state: Mutex<RoutesState>,
+}
+
+struct RoutesState {
+    /// The file's modification time and size when last read.
+    seen: Option<(SystemTime, u64)>,
+    /// The routes in use.
+    routes: Vec<RouteConfig>,
+    /// Everything else, as the server started with it (routes emptied).
+    running: Config,
+    /// The last settings reported as waiting for a restart.
+    reported: Option<Config>,
+}
+
+impl RoutesReload {
+    /// Watches the file of `source` (`None` without one); `config` is what
+    /// the server started with.
+    pub fn new(source: ConfigSource, config: &Config, routes: SharedRoutes) -> Option<Self> {
+        let ConfigSource::File(path) = &source else {
+            return None;
+        };
+        Some(RoutesReload {
+            path: path.clone(),
+            state: Mutex::new(RoutesState {
+                seen: file_stamp(path),
+                routes: config.routes.clone(),
+                running: without_routes(config),
+                reported: None,
+            }),
+            source,
+            routes,
+        })
+    }
+}
+
+fn without_routes(config: &Config) -> Config {
+    Config {
+        routes: Vec::new(),
+        ..config.clone()
+    }
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+impl Reload for RoutesReload {
+    fn reload(&self, force: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = file_stamp(&self.path);
+        if !force && stamp == state.seen {
+            return;
+        }
+        state.seen = stamp;
+        let config = match Config::load(&self.source) {
+            Ok(config) => config,
+            Err(error) => {
+                events::RoutesNotReloaded {
+                    source: &self.source,
+                    problems: &error.to_string(),
+                }
+                .emit();
+                return;
+            }
+        };
+        if config.routes != state.routes {
+            let table = match RouteTable::compile(&config.routes) {
+                Ok(table) => table,
+                Err(problems) => {
+                    events::RoutesNotReloaded {
+                        source: &self.source,
+                        problems: &problems.to_string(),
+                    }
+                    .emit();
+                    return;
+                }
+            };
+            let (added, removed, changed) = route_changes(&state.routes, &config.routes);
+            self.routes.store(Arc::new(table));
+            events::RoutesReloaded {
+                routes: config.routes.len(),
+                added,
+                removed,
+                changed,
+            }
+            .emit();
+            state.routes = config.routes.clone();
+        } else if force {
+            events::RoutesUnchanged.emit();
+        }
+        let rest = without_routes(&config);
+        if rest != state.running && state.reported.as_ref() != Some(&rest) {
+            events::RestartNeeded {
+                source: &self.source,
+            }
+            .emit();
+            state.reported = Some(rest);
+        }
+    }
+}
+
+/// How many routes were added, removed, and kept with other settings.
+fn route_changes(old: &[RouteConfig], new: &[RouteConfig]) -> (usize, usize, usize) {
+    let named = |routes: &[RouteConfig], name: &str| routes.iter().position(|r| r.name == name);
+    let added = new.iter().filter(|r| named(old, &r.name).is_none()).count();
+    let removed = old.iter().filter(|r| named(new, &r.name).is_none()).count();
+    let changed = new
+        .iter()
+        .filter(|r| named(old, &r.name).is_some_and(|i| old[i] != **r))
+        .count();
+    (added, removed, changed)
 }
 
 #[cfg(unix)]

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use tributary_bridge::spool::{SpoolHandle, SpooledRecord};
 use tributary_bridge::template::PayloadJson;
-use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record, RouteTable};
+use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record};
 
 use rumqttd::protocol::PublishProperties;
 use tributary_bridge::MqttProperties;
 
 use super::gate::Report;
 use super::origin::ORIGIN_PROPERTY;
+use crate::reload::SharedRoutes;
 
 /// What a full spool does with a publish's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,14 +32,15 @@ pub enum WhenFull {
 
 #[derive(Clone)]
 pub struct Forwarder {
-    routes: Arc<RouteTable>,
+    /// Swapped whole when the configuration file's routes change.
+    routes: SharedRoutes,
     producer: Producer,
     /// The spool, when `[spool]` is enabled.
     spool: Option<SpoolHandle>,
 }
 
 impl Forwarder {
-    pub fn new(routes: Arc<RouteTable>, producer: Producer, spool: Option<SpoolHandle>) -> Self {
+    pub fn new(routes: SharedRoutes, producer: Producer, spool: Option<SpoolHandle>) -> Self {
         Forwarder {
             routes,
             producer,
@@ -60,7 +62,10 @@ impl Forwarder {
         pace: Pace,
         when_full: WhenFull,
     ) -> Result<Vec<Report>, DeliveryError> {
-        let routes = self.routes.matches(&message.topic);
+        // The routes in use now: a reload meanwhile does not change this
+        // publish's records.
+        let table = self.routes.load_full();
+        let routes = table.matches(&message.topic);
         let mut reports = Vec::with_capacity(routes.len());
         let mut spooled = Vec::new();
         let mut json = PayloadJson::default();
