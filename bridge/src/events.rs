@@ -223,6 +223,32 @@ impl Delivered<'_> {
     }
 }
 
+/// Dead letters written, by `route` and `reason`.
+pub const DEAD_LETTERS_TOTAL: &str = "tributary_dead_letters_total";
+
+/// A publish that could not go to its route's topic for good is in the
+/// route's dead-letter topic.
+pub struct DeadLettered<'a> {
+    pub route: &'a str,
+    pub failure: crate::DeliveryFailure,
+}
+
+impl DeadLettered<'_> {
+    pub fn emit(self) {
+        tracing::debug!(
+            route = self.route,
+            reason = self.failure.label(),
+            "written to the dead-letter topic"
+        );
+        metrics::counter!(
+            DEAD_LETTERS_TOTAL,
+            "route" => self.route.to_owned(),
+            "reason" => self.failure.label()
+        )
+        .increment(1);
+    }
+}
+
 /// One record is not in Kafka. Logged at debug level per record; callers that
 /// speak to devices log bursts once.
 pub struct DeliveryFailed<'a> {

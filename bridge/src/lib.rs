@@ -22,7 +22,9 @@ pub use health::{spawn_metadata_probe, KafkaHealth, NotReady, Unreachable};
 pub use problems::{Problem, Problems};
 pub use producer::{Delivered, DeliveryError, DeliveryFailure, Pace, PendingDelivery, Producer};
 pub use record::{MqttProperties, MqttPublish, Record, RecordError};
-pub use route::{FormatName, KeySource, Route, RouteConfig, RouteSpool, RouteTable};
+pub use route::{
+    DeadLetter, FormatName, KeySource, OnFailure, Route, RouteConfig, RouteSpool, RouteTable,
+};
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -66,6 +66,11 @@ pub enum DeliveryError {
     /// cannot be filled, a payload the format cannot take): never sent.
     #[error("the publish cannot become a record: {0}")]
     Invalid(#[from] RecordError),
+    /// Not in its route's topic for a reason retrying cannot fix, but kept
+    /// in the route's dead-letter topic (the write is in Kafka or durable in
+    /// the spool).
+    #[error("written to the dead-letter topic ({})", .0.label())]
+    DeadLettered(DeliveryFailure),
 }
 
 /// What kind of failure a [`DeliveryError`] is: the one outcome type the
@@ -141,6 +146,7 @@ impl DeliveryError {
                 return DeliveryFailure::InvalidPayload
             }
             DeliveryError::Invalid(_) => return DeliveryFailure::Unroutable,
+            DeliveryError::DeadLettered(failure) => return *failure,
             DeliveryError::Rejected(code) | DeliveryError::NotQueued(code) => *code,
         };
         match code {

@@ -183,6 +183,59 @@ impl Record {
     }
 }
 
+/// Header of a dead letter: why it is not in its route's topic (a
+/// failure label, e.g. `invalid_payload`, `message_too_large`).
+pub const HEADER_DEAD_LETTER_REASON: &str = "tributary.dead_letter.reason";
+/// Header of a dead letter: the failure, in words.
+pub const HEADER_DEAD_LETTER_ERROR: &str = "tributary.dead_letter.error";
+/// Header of a dead letter: the route it was published on.
+pub const HEADER_DEAD_LETTER_ROUTE: &str = "tributary.dead_letter.route";
+/// Header of a dead letter: the Kafka topic it was meant for, when known.
+pub const HEADER_DEAD_LETTER_TOPIC: &str = "tributary.dead_letter.kafka_topic";
+
+impl Record {
+    /// The dead letter of `publish` on `route` (which has a dead-letter
+    /// topic): the payload as the device sent it, its MQTT facts as headers
+    /// (whatever the route's `headers`), and why, keyed by client id.
+    /// `intended` is the topic it was meant for, when known.
+    pub fn dead_letter(
+        route: &Route,
+        publish: &MqttPublish,
+        reason: &'static str,
+        error: &str,
+        intended: Option<&str>,
+    ) -> Option<Record> {
+        let dead_letter = route.dead_letter.as_ref()?;
+        let mut headers = headers(publish, &route.user_property_prefix)
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_REASON,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_ERROR,
+                value: Some(error.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_ROUTE,
+                value: Some(route.name.as_bytes()),
+            });
+        if let Some(topic) = intended {
+            headers = headers.insert(Header {
+                key: HEADER_DEAD_LETTER_TOPIC,
+                value: Some(topic.as_bytes()),
+            });
+        }
+        Some(Record {
+            route: route.name.clone(),
+            metrics: route.metrics.clone(),
+            topic: dead_letter.topic.clone(),
+            key: Some(Bytes::copy_from_slice(publish.client_id.as_bytes())),
+            payload: publish.payload.clone(),
+            headers,
+        })
+    }
+}
+
 /// The MQTT facts of `publish` as Kafka headers.
 fn headers(publish: &MqttPublish, user_property_prefix: &str) -> OwnedHeaders {
     let qos = [b'0' + publish.qos.min(2)];

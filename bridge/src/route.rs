@@ -56,6 +56,51 @@ pub struct RouteConfig {
     /// Put before each MQTT 5 user property's name to make its header's
     /// name (default: none, the header is named as the property).
     pub user_property_prefix: String,
+    /// What a failure retrying cannot fix does (see [`OnFailure`]).
+    pub on_failure: OnFailure,
+    /// Where `on_failure = "dead_letter"` writes.
+    pub dead_letter_topic: String,
+    /// Whether an MQTT 5 device is told "success" when its publish went to
+    /// the dead-letter topic (default false: it gets the failure's reason
+    /// code, though the message is kept there).
+    pub dead_letter_acknowledge: bool,
+}
+
+/// What a route does with a publish that cannot be written to its topic for
+/// a reason retrying cannot fix (an unfillable template, a payload the format
+/// cannot take, a record Kafka refuses as too large, an unknown topic, no
+/// authorization). Transient failures (Kafka unreachable) never go to the
+/// dead-letter topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// The publish is refused (MQTT 5: a reason code; MQTT 3.1.1: the
+    /// connection is closed).
+    #[default]
+    Refuse,
+    /// The original payload, its MQTT facts and the reason are written to
+    /// `dead_letter_topic`, and the device is answered once that write is in
+    /// Kafka.
+    DeadLetter,
+}
+
+impl<'de> Deserialize<'de> for OnFailure {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_one_of(
+            deserializer,
+            &[
+                ("refuse", OnFailure::Refuse),
+                ("dead_letter", OnFailure::DeadLetter),
+            ],
+        )
+    }
+}
+
+/// A compiled route's dead-letter settings.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: Arc<str>,
+    /// MQTT 5 devices are told "success" for a dead-lettered publish.
+    pub acknowledge: bool,
 }
 
 impl Default for RouteConfig {
@@ -70,6 +115,9 @@ impl Default for RouteConfig {
             envelope: Envelope::default(),
             headers: true,
             user_property_prefix: String::new(),
+            on_failure: OnFailure::default(),
+            dead_letter_topic: String::new(),
+            dead_letter_acknowledge: false,
         }
     }
 }
@@ -193,6 +241,8 @@ pub struct Route {
     pub format: Format,
     pub headers: bool,
     pub user_property_prefix: String,
+    /// Where failures retrying cannot fix go; `None`: they are refused.
+    pub dead_letter: Option<DeadLetter>,
     pub metrics: RouteMetrics,
 }
 
@@ -226,6 +276,7 @@ impl Route {
             format: Format::Raw,
             headers: true,
             user_property_prefix: String::new(),
+            dead_letter: None,
             metrics: RouteMetrics::register(name),
         }
     }
@@ -241,6 +292,10 @@ impl Route {
             format,
             headers: config.headers,
             user_property_prefix: config.user_property_prefix.clone(),
+            dead_letter: (config.on_failure == OnFailure::DeadLetter).then(|| DeadLetter {
+                topic: config.dead_letter_topic.as_str().into(),
+                acknowledge: config.dead_letter_acknowledge,
+            }),
             ..Route::new(&config.name, &config.kafka_topic, config.key.clone())
         }
     }
@@ -374,6 +429,22 @@ pub fn validate_routes(routes: &[RouteConfig], problems: &mut Problems) {
                 ),
                 Ok(template) => check_levels(&template, route, &format!("{at}.key"), problems),
             }
+        }
+        match (route.on_failure, route.dead_letter_topic.is_empty()) {
+            (OnFailure::DeadLetter, true) => problems.push(
+                format!("{at}.dead_letter_topic"),
+                "missing: on_failure = \"dead_letter\" needs the topic to write to",
+            ),
+            (OnFailure::DeadLetter, false) => {
+                if let Some(message) = kafka_topic_problem(&route.dead_letter_topic) {
+                    problems.push(format!("{at}.dead_letter_topic"), message);
+                }
+            }
+            (OnFailure::Refuse, false) => problems.push(
+                format!("{at}.dead_letter_topic"),
+                "set only with on_failure = \"dead_letter\"",
+            ),
+            (OnFailure::Refuse, true) => {}
         }
         if route.format != FormatName::JsonEnvelope && route.envelope != Envelope::default() {
             problems.push(
@@ -690,6 +761,27 @@ mod tests {
             bad.key = KeySource::Template(key.into());
             let text = RouteTable::compile(&[bad]).unwrap_err().to_string();
             assert!(text.contains(says), "{topic} {key}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_route_names_a_valid_topic() {
+        let mut no_topic = route("a", &["a/#"], "t");
+        no_topic.on_failure = OnFailure::DeadLetter;
+        let mut bad_topic = no_topic.clone();
+        bad_topic.name = "b".into();
+        bad_topic.dead_letter_topic = "dead letters".into();
+        let mut stray = route("c", &["c/#"], "t");
+        stray.dead_letter_topic = "dead".into();
+        let text = RouteTable::compile(&[no_topic, bad_topic, stray])
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "routes[0].dead_letter_topic: missing",
+            "routes[1].dead_letter_topic: ' ' is not allowed",
+            "routes[2].dead_letter_topic: set only with on_failure",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
     }
 }

@@ -47,13 +47,26 @@ pub fn unique_topic(prefix: &str) -> String {
 
 /// Creates `topic` with `partitions` partitions and waits until it exists.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    create_topic_with(bootstrap, topic, partitions, &[]).await
+}
+
+/// [`create_topic`] with topic-level settings (`max.message.bytes`, …).
+pub async fn create_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("creating a Kafka admin client");
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[settings.iter().fold(
+                NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+                |new, (key, value)| new.set(key, value),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await

@@ -251,3 +251,179 @@ async fn templated_topics_and_keys_json_envelopes_and_mqtt5_headers_reach_kafka(
     assert_eq!(wrapped[0].partition(), java_partition(b"dev-9", PARTITIONS));
     server.shutdown().await;
 }
+
+/// One publish per client on `topic`; the PUBACK reason (MQTT 3.1.1: success
+/// or the connection's end).
+async fn publish_v5(
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::v5::EventLoop,
+    topic: &str,
+    payload: Vec<u8>,
+) -> PubAckReason {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    next_puback(eventloop).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retrying_cannot_fix_go_to_the_dead_letter_topic() {
+    let bootstrap = require_kafka();
+    let topic = unique_topic("tributary-dl-main");
+    let dead = unique_topic("tributary-dl-dead");
+    // Records over 2,000 bytes are refused by Kafka itself (not by the
+    // producer): a failure Kafka reports, for good.
+    tributary_bridge::testing::create_topic_with(
+        &bootstrap,
+        &topic,
+        1,
+        &[("max.message.bytes", "2000")],
+    )
+    .await;
+    create_topic(&bootstrap, &dead, 1).await;
+    let server = common::start(&bootstrap, &[], |config| {
+        let route = |name: &str, filter: &str, acknowledge: bool| RouteConfig {
+            name: name.into(),
+            mqtt_filters: vec![filter.into()],
+            kafka_topic: topic.clone(),
+            key: KeySource::Template("{payload.id}".into()),
+            on_failure: tributary_bridge::OnFailure::DeadLetter,
+            dead_letter_topic: dead.clone(),
+            dead_letter_acknowledge: acknowledge,
+            ..RouteConfig::default()
+        };
+        config.routes = vec![
+            route("strict", "strict/#", false),
+            route("lenient", "lenient/#", true),
+        ];
+    })
+    .await;
+    let addr = server.mqtt_addr();
+    let (client, mut eventloop) = AsyncClient::new(common::v5_options(addr, "dev-5"), 10);
+
+    // Good, bad (no id), too large for the topic: the device hears 0x99 for
+    // the bad one and 0x83 for the large one, and both are kept.
+    let large = format!(r#"{{"id":"big","pad":"{}"}}"#, "x".repeat(3_000));
+    assert_eq!(
+        publish_v5(
+            &client,
+            &mut eventloop,
+            "strict/1",
+            br#"{"id":"a"}"#.to_vec()
+        )
+        .await,
+        PubAckReason::Success
+    );
+    assert_eq!(
+        publish_v5(
+            &client,
+            &mut eventloop,
+            "strict/1",
+            br#"{"no_id":1}"#.to_vec()
+        )
+        .await,
+        PubAckReason::PayloadFormatInvalid
+    );
+    assert_eq!(
+        publish_v5(
+            &client,
+            &mut eventloop,
+            "strict/1",
+            large.clone().into_bytes()
+        )
+        .await,
+        PubAckReason::ImplementationSpecificError
+    );
+    // A route that counts a dead letter as accepted says so.
+    assert_eq!(
+        publish_v5(&client, &mut eventloop, "lenient/1", b"not json".to_vec()).await,
+        PubAckReason::Success
+    );
+
+    // An MQTT 3.1.1 device cannot be told: it gets its PUBACK, and keeps its
+    // connection, once the dead letter is in Kafka.
+    let (client4, mut eventloop4) =
+        rumqttc::AsyncClient::new(common::v4_options(addr, "dev-4"), 10);
+    client4
+        .publish(
+            "strict/4",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"\xff".to_vec(),
+        )
+        .await
+        .unwrap();
+    client4
+        .publish(
+            "strict/4",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"id":"b"}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked < 2 {
+        match tokio::time::timeout_at(deadline, eventloop4.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("the 3.1.1 connection failed: {error}"),
+            Err(_) => panic!("only {acked} PUBACKs for the 3.1.1 device"),
+        }
+    }
+
+    let main = consume(&bootstrap, &topic, 2, Duration::from_secs(20));
+    let keys: Vec<&[u8]> = main.iter().filter_map(|m| m.key()).collect();
+    assert_eq!(
+        keys,
+        [&b"a"[..], b"b"],
+        "only the good records in the route's topic"
+    );
+
+    let letters = consume(&bootstrap, &dead, 4, Duration::from_secs(20));
+    assert_eq!(letters.len(), 4, "every failed publish kept once");
+    let by_reason = |reason: &str| -> Vec<&OwnedMessage> {
+        letters
+            .iter()
+            .filter(|m| header(m, "tributary.dead_letter.reason") == Some(reason.as_bytes()))
+            .collect()
+    };
+    let invalid = by_reason("invalid_payload");
+    assert_eq!(invalid.len(), 3, "no id, not JSON twice");
+    let payloads: Vec<&[u8]> = invalid.iter().filter_map(|m| m.payload()).collect();
+    assert!(
+        payloads.contains(&&br#"{"no_id":1}"#[..]),
+        "the payload as sent"
+    );
+    assert!(payloads.contains(&&b"\xff"[..]));
+    let too_large = by_reason("message_too_large");
+    assert_eq!(too_large.len(), 1);
+    assert_eq!(too_large[0].payload(), Some(large.as_bytes()));
+    assert_eq!(
+        header(too_large[0], "tributary.dead_letter.kafka_topic"),
+        Some(topic.as_bytes()),
+        "the topic it was meant for"
+    );
+    assert_eq!(
+        header(too_large[0], "tributary.dead_letter.route"),
+        Some(&b"strict"[..])
+    );
+    assert_eq!(header(too_large[0], "mqtt.topic"), Some(&b"strict/1"[..]));
+    assert_eq!(
+        too_large[0].key(),
+        Some(&b"dev-5"[..]),
+        "keyed by client id"
+    );
+    assert!(header(invalid[0], "tributary.dead_letter.error").is_some());
+    assert_eq!(
+        common::metric(
+            &server,
+            "tributary_dead_letters_total{route=\"strict\",reason=\"invalid_payload\"}"
+        )
+        .await,
+        2.0
+    );
+    server.shutdown().await;
+}

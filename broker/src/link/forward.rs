@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
+use tributary_bridge::events;
 use tributary_bridge::spool::{SpoolHandle, SpooledRecord};
 use tributary_bridge::template::PayloadJson;
-use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record};
+use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record, Route};
 
 use rumqttd::protocol::PublishProperties;
 use tributary_bridge::MqttProperties;
@@ -56,6 +57,9 @@ impl Forwarder {
     /// Queues one record per route `message` matches, in order, those for
     /// Kafka at the producer's `pace`; the reports say when each is in Kafka
     /// or durable in the spool. No reports: no route matched.
+    ///
+    /// A route with a dead-letter topic writes there, straight to Kafka,
+    /// what cannot go to its own topic for good (see `dead_letter`).
     pub async fn forward(
         &self,
         message: &MqttPublish,
@@ -70,14 +74,60 @@ impl Forwarder {
         let mut spooled = Vec::new();
         let mut json = PayloadJson::default();
         for route in routes {
-            let record = Record::build_with(route, message, &mut json)?;
+            let record = match Record::build_with(route, message, &mut json) {
+                Ok(record) => record,
+                Err(error) => {
+                    let error = DeliveryError::Invalid(error);
+                    match route.dead_letter {
+                        Some(_) => {
+                            reports
+                                .push(self.dead_letter(route, message, &error, None, pace).await?);
+                            continue;
+                        }
+                        None => return Err(error),
+                    }
+                }
+            };
             match &self.spool {
                 Some(_) if route.spool.takes(message.qos) => {
                     let mut entry = Vec::new();
                     SpooledRecord::of(&record).encode(&mut entry);
                     spooled.push(entry);
                 }
-                _ => reports.push(Report::Kafka(self.producer.enqueue_on(record, pace).await?)),
+                _ => {
+                    let intended = record.topic.clone();
+                    let pending = match self.producer.enqueue_on(record, pace).await {
+                        Ok(pending) => pending,
+                        Err(error) if route.dead_letter.is_some() && !error.is_transient() => {
+                            reports.push(
+                                self.dead_letter(route, message, &error, Some(&intended), pace)
+                                    .await?,
+                            );
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    };
+                    if route.dead_letter.is_none() {
+                        reports.push(Report::Kafka(pending));
+                        continue;
+                    }
+                    // Kafka may still refuse it for good (too large, no such
+                    // topic, not authorized): then it goes to the dead letters.
+                    let (forwarder, route, message) =
+                        (self.clone(), route.clone(), message.clone());
+                    reports.push(Report::Boxed(Box::pin(async move {
+                        match pending.await {
+                            Ok(_) => Ok(()),
+                            Err(error) if !error.is_transient() => {
+                                forwarder
+                                    .dead_letter(&route, &message, &error, Some(&intended), pace)
+                                    .await?
+                                    .await
+                            }
+                            Err(error) => Err(error),
+                        }
+                    })));
+                }
             }
         }
         if let (Some(spool), false) = (&self.spool, spooled.is_empty()) {
@@ -91,6 +141,50 @@ impl Forwarder {
             reports.push(Report::Spooled(ack));
         }
         Ok(reports)
+    }
+
+    /// Writes the dead letter of `message` on `route` for `error`; its report
+    /// is `DeadLettered` once Kafka has it (or success, if the route says a
+    /// dead letter counts as accepted), else the write's own failure.
+    /// Straight to Kafka, never through the spool: a dead letter is not part
+    /// of the route's ordered stream.
+    async fn dead_letter(
+        &self,
+        route: &Route,
+        message: &MqttPublish,
+        error: &DeliveryError,
+        intended: Option<&str>,
+        pace: Pace,
+    ) -> Result<Report, DeliveryError> {
+        let failure = error.failure();
+        let (Some(dead_letter), Some(letter)) = (
+            &route.dead_letter,
+            Record::dead_letter(
+                route,
+                message,
+                failure.label(),
+                &error.to_string(),
+                intended,
+            ),
+        ) else {
+            return Err(error.clone());
+        };
+        let acknowledge = dead_letter.acknowledge;
+        let route = route.name.clone();
+        let pending = self.producer.enqueue_on(letter, pace).await?;
+        Ok(Report::Boxed(Box::pin(async move {
+            pending.await?;
+            events::DeadLettered {
+                route: &route,
+                failure,
+            }
+            .emit();
+            if acknowledge {
+                Ok(())
+            } else {
+                Err(DeliveryError::DeadLettered(failure))
+            }
+        })))
     }
 }
 

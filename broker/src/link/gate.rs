@@ -108,6 +108,9 @@ impl<T, R: Future> Drop for Gate<T, R> {
 pub enum Report {
     Kafka(PendingDelivery),
     Spooled(SpoolAck),
+    /// A report made of several steps (a record that may end in the
+    /// dead-letter topic); only for routes that need it.
+    Boxed(Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send>>),
 }
 
 impl Future for Report {
@@ -122,6 +125,7 @@ impl Future for Report {
                 | Ok(Err(SpoolError::DiskFull { .. })) => Err(DeliveryError::SpoolFull),
                 Ok(Err(_)) | Err(_) => Err(DeliveryError::SpoolFailed),
             }),
+            Report::Boxed(report) => report.as_mut().poll(cx),
         }
     }
 }
@@ -164,8 +168,19 @@ impl Future for AllDelivered {
                 Poll::Pending => waiting = true,
                 Poll::Ready(report) => {
                     *slot = None;
-                    if let (Err(error), None) = (report, &this.failed) {
-                        this.failed = Some(error);
+                    if let Err(error) = report {
+                        // A record kept as a dead letter is the mildest
+                        // failure: any other one decides the answer.
+                        let replaces = match &this.failed {
+                            None => true,
+                            Some(DeliveryError::DeadLettered(_)) => {
+                                !matches!(error, DeliveryError::DeadLettered(_))
+                            }
+                            Some(_) => false,
+                        };
+                        if replaces {
+                            this.failed = Some(error);
+                        }
                     }
                 }
             }
@@ -269,5 +284,20 @@ mod tests {
         assert!(first.outcome.is_ok());
         let second = gate.next().await.unwrap();
         assert_eq!(second.outcome, Err(DeliveryError::Canceled));
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_never_hides_another_failure() {
+        use tributary_bridge::DeliveryFailure;
+        let ready = |outcome: Result<(), DeliveryError>| -> super::Report {
+            super::Report::Boxed(Box::pin(std::future::ready(outcome)))
+        };
+        let dead = || Err(DeliveryError::DeadLettered(DeliveryFailure::InvalidPayload));
+        // The dead letter is in first; another route then fails for now.
+        let outcome =
+            AllDelivered::new(Ok(vec![ready(dead()), ready(Err(DeliveryError::Canceled))])).await;
+        assert_eq!(outcome, Err(DeliveryError::Canceled));
+        let outcome = AllDelivered::new(Ok(vec![ready(Ok(())), ready(dead())])).await;
+        assert_eq!(outcome, dead());
     }
 }

@@ -405,6 +405,13 @@ impl Inbound {
             }
         };
         self.leave_gate(pkid, qos);
+        let outcome = match outcome {
+            // An MQTT 3.1.1 device cannot be told "kept, but not where it
+            // was meant to go": the message is in Kafka, so it is accepted
+            // (otherwise it would be sent again and again).
+            Err(DeliveryError::DeadLettered(_)) if version == Version::V4 => Ok(()),
+            outcome => outcome,
+        };
         match outcome {
             Ok(()) => {
                 if qos == 2 {
