@@ -17,13 +17,15 @@ use crate::problems::deserialize_one_of;
 use crate::record::{MqttPublish, RecordError};
 
 /// A route's record format.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub enum Format {
     /// The payload, byte for byte.
     #[default]
     Raw,
     /// The payload inside a JSON object with the MQTT facts.
     JsonEnvelope(Envelope),
+    /// A JSON payload as Avro, checked against the route's schema.
+    Avro(std::sync::Arc<crate::avro::AvroFormat>),
 }
 
 /// How the JSON envelope carries the payload.

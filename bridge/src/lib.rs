@@ -4,6 +4,7 @@
 //! This crate knows nothing of MQTT connections; it never decides when a device is
 //! acknowledged, it only reports truthfully what Kafka said.
 
+pub mod avro;
 pub mod config;
 pub mod context;
 pub mod events;

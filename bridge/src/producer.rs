@@ -71,6 +71,10 @@ pub enum DeliveryError {
     /// the spool).
     #[error("written to the dead-letter topic ({})", .0.label())]
     DeadLettered(DeliveryFailure),
+    /// The route's schema could not be registered (the registry is out of
+    /// reach or refused it): for now; the device may send it again.
+    #[error("{0}")]
+    SchemaRegistry(String),
 }
 
 /// What kind of failure a [`DeliveryError`] is: the one outcome type the
@@ -101,6 +105,8 @@ pub enum DeliveryFailure {
     /// The route's topic or key cannot be made for this publish (its topic,
     /// client id or user name does not fill the template).
     Unroutable,
+    /// The schema registry could not give the route's schema an id.
+    SchemaRegistry,
 }
 
 impl DeliveryFailure {
@@ -118,6 +124,7 @@ impl DeliveryFailure {
             DeliveryFailure::SpoolFailed => "spool_failed",
             DeliveryFailure::InvalidPayload => "invalid_payload",
             DeliveryFailure::Unroutable => "unroutable",
+            DeliveryFailure::SchemaRegistry => "schema_registry",
         }
     }
 
@@ -142,6 +149,10 @@ impl DeliveryError {
             DeliveryError::Canceled => return DeliveryFailure::Canceled,
             DeliveryError::SpoolFull => return DeliveryFailure::SpoolFull,
             DeliveryError::SpoolFailed => return DeliveryFailure::SpoolFailed,
+            DeliveryError::SchemaRegistry(_)
+            | DeliveryError::Invalid(RecordError::NotRegistered(_)) => {
+                return DeliveryFailure::SchemaRegistry
+            }
             DeliveryError::Invalid(error) if error.is_payload() => {
                 return DeliveryFailure::InvalidPayload
             }

@@ -105,6 +105,13 @@ pub enum RecordError {
     /// The route's format needs a JSON payload and this one is not.
     #[error("the payload is not JSON")]
     PayloadNotJson,
+    /// The JSON payload does not fit the route's Avro schema.
+    #[error("the payload does not fit the Avro schema: {0}")]
+    NotInSchema(String),
+    /// The route's schema has no registry id yet (the registry was out of
+    /// reach): for now only.
+    #[error("the schema is not registered yet at {0}")]
+    NotRegistered(String),
 }
 
 impl RecordError {
@@ -112,8 +119,8 @@ impl RecordError {
     pub fn is_payload(&self) -> bool {
         match self {
             RecordError::Unfilled(unfilled) => unfilled.is_payload(),
-            RecordError::BadTopic { .. } => false,
-            RecordError::PayloadNotJson => true,
+            RecordError::BadTopic { .. } | RecordError::NotRegistered(_) => false,
+            RecordError::PayloadNotJson | RecordError::NotInSchema(_) => true,
         }
     }
 }
@@ -166,6 +173,7 @@ impl Record {
         let payload = match &route.format {
             Format::Raw => publish.payload.clone(),
             Format::JsonEnvelope(envelope) => envelope.wrap(publish)?,
+            Format::Avro(avro) => avro.encode(&publish.payload)?,
         };
         let headers = if route.headers {
             headers(publish, &route.user_property_prefix)
@@ -386,6 +394,7 @@ mod tests {
             mqtt_filters: vec!["#".into()],
             ..config
         })
+        .unwrap()
     }
 
     #[test]

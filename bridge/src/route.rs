@@ -6,10 +6,12 @@
 //! a message may be acknowledged.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::avro::{AvroFormat, RegistryConfig};
 use crate::events::RouteMetrics;
 use crate::format::{Envelope, Format};
 use crate::problems::{deserialize_one_of, Problems};
@@ -64,6 +66,11 @@ pub struct RouteConfig {
     /// the dead-letter topic (default false: it gets the failure's reason
     /// code, though the message is kept there).
     pub dead_letter_acknowledge: bool,
+    /// With `format = "avro"`: the Avro schema file (`.avsc`).
+    pub avro_schema: Option<PathBuf>,
+    /// With `format = "avro"`: the schema registry to register the schema
+    /// with (records then carry its id, Confluent's wire format).
+    pub schema_registry: Option<RegistryConfig>,
 }
 
 /// What a route does with a publish that cannot be written to its topic for
@@ -118,6 +125,8 @@ impl Default for RouteConfig {
             on_failure: OnFailure::default(),
             dead_letter_topic: String::new(),
             dead_letter_acknowledge: false,
+            avro_schema: None,
+            schema_registry: None,
         }
     }
 }
@@ -128,6 +137,7 @@ pub enum FormatName {
     #[default]
     Raw,
     JsonEnvelope,
+    Avro,
 }
 
 impl<'de> Deserialize<'de> for FormatName {
@@ -137,6 +147,7 @@ impl<'de> Deserialize<'de> for FormatName {
             &[
                 ("raw", FormatName::Raw),
                 ("json_envelope", FormatName::JsonEnvelope),
+                ("avro", FormatName::Avro),
             ],
         )
     }
@@ -281,13 +292,24 @@ impl Route {
         }
     }
 
-    /// The route a validated `config` describes.
-    pub fn from_config(config: &RouteConfig) -> Route {
+    /// The route a validated `config` describes; the error is a schema file
+    /// that could not be read after all.
+    pub fn from_config(config: &RouteConfig) -> Result<Route, String> {
         let format = match config.format {
             FormatName::Raw => Format::Raw,
             FormatName::JsonEnvelope => Format::JsonEnvelope(config.envelope.clone()),
+            FormatName::Avro => {
+                let schema = config
+                    .avro_schema
+                    .as_deref()
+                    .ok_or("format = \"avro\" needs avro_schema")?;
+                Format::Avro(Arc::new(AvroFormat::load(
+                    schema,
+                    config.schema_registry.clone(),
+                )?))
+            }
         };
-        Route {
+        Ok(Route {
             spool: config.spool,
             format,
             headers: config.headers,
@@ -297,7 +319,7 @@ impl Route {
                 acknowledge: config.dead_letter_acknowledge,
             }),
             ..Route::new(&config.name, &config.kafka_topic, config.key.clone())
-        }
+        })
     }
 
     /// The same route with `spool` as its spool setting.
@@ -446,6 +468,39 @@ pub fn validate_routes(routes: &[RouteConfig], problems: &mut Problems) {
             ),
             (OnFailure::Refuse, true) => {}
         }
+        match (&route.format, &route.avro_schema) {
+            (FormatName::Avro, None) => problems.push(
+                format!("{at}.avro_schema"),
+                "missing: format = \"avro\" needs the schema file",
+            ),
+            (FormatName::Avro, Some(path)) => {
+                if let Err(message) = AvroFormat::load(path, None) {
+                    problems.push(format!("{at}.avro_schema"), message);
+                }
+            }
+            (_, Some(_)) => problems.push(
+                format!("{at}.avro_schema"),
+                "set only with format = \"avro\"",
+            ),
+            (_, None) => {}
+        }
+        if let Some(registry) = &route.schema_registry {
+            if route.format != FormatName::Avro {
+                problems.push(
+                    format!("{at}.schema_registry"),
+                    "set only with format = \"avro\"",
+                );
+            }
+            for (field, message) in registry.problems() {
+                problems.push(format!("{at}.schema_registry.{field}"), message);
+            }
+            if route.kafka_topic.contains('{') {
+                problems.push(
+                    format!("{at}.schema_registry"),
+                    "a schema is registered under its topic's subject: the route needs a fixed kafka_topic, not a template",
+                );
+            }
+        }
         if route.format != FormatName::JsonEnvelope && route.envelope != Envelope::default() {
             problems.push(
                 format!("{at}.envelope"),
@@ -505,7 +560,12 @@ impl RouteTable {
 
         let mut table = RouteTable::default();
         for (id, config) in configs.iter().enumerate() {
-            table.routes.push(Route::from_config(config));
+            let route = Route::from_config(config).map_err(|message| {
+                let mut problems = Problems::new();
+                problems.push(format!("routes[{id}].avro_schema"), message);
+                problems
+            })?;
+            table.routes.push(route);
             for filter in &config.mqtt_filters {
                 table.insert(filter, id);
             }

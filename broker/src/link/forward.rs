@@ -10,6 +10,8 @@
 use std::sync::Arc;
 
 use tributary_bridge::events;
+use tributary_bridge::format::Format;
+use tributary_bridge::route::KafkaTopic;
 use tributary_bridge::spool::{SpoolHandle, SpooledRecord};
 use tributary_bridge::template::PayloadJson;
 use tributary_bridge::{DeliveryError, MqttPublish, Pace, Producer, Record, Route};
@@ -74,6 +76,17 @@ impl Forwarder {
         let mut spooled = Vec::new();
         let mut json = PayloadJson::default();
         for route in routes {
+            if let (Format::Avro(avro), KafkaTopic::Fixed(topic)) =
+                (&route.format, &route.kafka_topic)
+            {
+                if avro.uses_registry() {
+                    // Once per route (then kept); a registry out of reach
+                    // fails this publish for now, never for good.
+                    avro.register(topic)
+                        .await
+                        .map_err(|error| DeliveryError::SchemaRegistry(error.to_string()))?;
+                }
+            }
             let record = match Record::build_with(route, message, &mut json) {
                 Ok(record) => record,
                 Err(error) => {

@@ -532,7 +532,8 @@ impl From<Option<DeliveryFailure>> for AckReason {
                 DeliveryFailure::Timeout
                 | DeliveryFailure::Canceled
                 | DeliveryFailure::Kafka
-                | DeliveryFailure::SpoolFailed,
+                | DeliveryFailure::SpoolFailed
+                | DeliveryFailure::SchemaRegistry,
             ) => AckReason::Unspecified,
         }
     }
