@@ -427,3 +427,111 @@ async fn failures_retrying_cannot_fix_go_to_the_dead_letter_topic() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_records_carry_the_registry_id_and_decode_with_the_registered_schema() {
+    use tributary_bridge::testing::{
+        registry_latest_id, registry_schema, require_schema_registry, RegistryStandIn,
+        SCHEMA_REGISTRY_URL_ENV,
+    };
+    let bootstrap = require_kafka();
+    // A real registry when one is given; else the in-test stand-in (no real
+    // one can be assembled here), which also checks basic authentication.
+    let (registry, credentials, _stand_in) = if std::env::var_os(SCHEMA_REGISTRY_URL_ENV).is_some()
+    {
+        (require_schema_registry(), None, None)
+    } else {
+        let stand_in = RegistryStandIn::start(Some(("tributary", "s3cret"))).await;
+        (
+            stand_in.url.clone(),
+            Some(("tributary", "s3cret")),
+            Some(stand_in),
+        )
+    };
+    let topic = unique_topic("tributary-avro");
+    create_topic(&bootstrap, &topic, 1).await;
+    let dir = common::pki::dir("avro");
+    let schema_file = dir.join("position.avsc");
+    std::fs::write(
+        &schema_file,
+        r#"{"type": "record", "name": "Position", "namespace": "ais",
+            "fields": [
+              {"name": "mmsi", "type": "long"},
+              {"name": "lat", "type": "double"},
+              {"name": "lon", "type": "double"},
+              {"name": "name", "type": ["null", "string"], "default": null}
+            ]}"#,
+    )
+    .unwrap();
+    let server = common::start(&bootstrap, &[], |config| {
+        config.routes = vec![RouteConfig {
+            name: "ais".into(),
+            mqtt_filters: vec!["ais/#".into()],
+            kafka_topic: topic.clone(),
+            format: FormatName::Avro,
+            avro_schema: Some(schema_file.clone()),
+            schema_registry: Some(tributary_bridge::avro::RegistryConfig {
+                url: registry.clone(),
+                username: credentials.map(|c| c.0.to_owned()).unwrap_or_default(),
+                password: credentials.map(|c| c.1.to_owned()).unwrap_or_default(),
+                ca_file: None,
+            }),
+            ..RouteConfig::default()
+        }];
+    })
+    .await;
+    let (client, mut eventloop) =
+        AsyncClient::new(common::v5_options(server.mqtt_addr(), "ais-feed"), 10);
+    let positions = [
+        json!({"mmsi": 235001234, "lat": 51.95, "lon": 4.05, "name": "Ever Given"}),
+        json!({"mmsi": 244660000, "lat": 52.1, "lon": 4.2}),
+    ];
+    for position in &positions {
+        assert_eq!(
+            publish_v5(
+                &client,
+                &mut eventloop,
+                "ais/pos",
+                position.to_string().into_bytes()
+            )
+            .await,
+            PubAckReason::Success
+        );
+    }
+    // Not in the schema: refused on its own.
+    assert_eq!(
+        publish_v5(
+            &client,
+            &mut eventloop,
+            "ais/pos",
+            br#"{"mmsi": "x"}"#.to_vec()
+        )
+        .await,
+        PubAckReason::PayloadFormatInvalid
+    );
+
+    let id = registry_latest_id(&registry, &format!("{topic}-value"));
+    let registered = apache_avro::Schema::parse_str(&registry_schema(&registry, id))
+        .expect("the registry holds an Avro schema");
+    let messages = consume(&bootstrap, &topic, 2, Duration::from_secs(20));
+    assert_eq!(messages.len(), 2);
+    for (message, position) in messages.iter().zip(&positions) {
+        let value = message.payload().expect("a value");
+        assert_eq!(value[0], 0, "the wire format's magic byte");
+        assert_eq!(
+            u32::from_be_bytes([value[1], value[2], value[3], value[4]]),
+            id,
+            "the id the registry gave the topic's subject"
+        );
+        let decoded = apache_avro::from_avro_datum(&registered, &mut &value[5..], None).unwrap();
+        let decoded: Value = decoded.try_into().unwrap();
+        assert_eq!(decoded["mmsi"], position["mmsi"]);
+        assert_eq!(decoded["lat"], position["lat"]);
+        assert_eq!(
+            decoded["name"],
+            position.get("name").cloned().unwrap_or(Value::Null)
+        );
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
