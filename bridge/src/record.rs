@@ -244,6 +244,38 @@ impl Record {
     }
 }
 
+impl Record {
+    /// This record, refused by Kafka for good, as a dead letter in `topic`:
+    /// its value and headers as built, plus why (used by the spool's
+    /// drain, which holds the built record, not the device's publish).
+    pub fn into_dead_letter(self, topic: Arc<str>, reason: &'static str, error: &str) -> Record {
+        let intended = self.topic.clone();
+        let headers = self
+            .headers
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_REASON,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_ERROR,
+                value: Some(error.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_ROUTE,
+                value: Some(self.route.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_TOPIC,
+                value: Some(intended.as_bytes()),
+            });
+        Record {
+            topic,
+            headers,
+            ..self
+        }
+    }
+}
+
 /// The MQTT facts of `publish` as Kafka headers.
 fn headers(publish: &MqttPublish, user_property_prefix: &str) -> OwnedHeaders {
     let qos = [b'0' + publish.qos.min(2)];

@@ -588,6 +588,15 @@ impl RouteTable {
         push_unique(&mut node.exact, id);
     }
 
+    /// The dead-letter topic of the route named `name`, if it has one.
+    pub fn dead_letter_topic(&self, name: &str) -> Option<Arc<str>> {
+        self.routes
+            .iter()
+            .find(|route| &*route.name == name)
+            .and_then(|route| route.dead_letter.as_ref())
+            .map(|dead_letter| dead_letter.topic.clone())
+    }
+
     /// All routes, in configuration order.
     pub fn routes(&self) -> &[Route] {
         &self.routes

@@ -159,9 +159,11 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
             recovery: &recovery,
         }
         .emit();
+        let in_use = routes.clone();
         let drain = tokio::spawn(tributary_bridge::spool::drain(
             spool.clone(),
             producer.clone(),
+            Arc::new(move |route: &str| in_use.load().dead_letter_topic(route)),
         ));
         let stop_drain = shutdown.clone();
         tokio::spawn(async move {

@@ -563,3 +563,80 @@ async fn a_full_spool_refuses_mqtt5_with_0x97_holds_mqtt311_and_loses_nothing() 
     drop(kafka);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A spooled record Kafka refuses for good (too large for its topic) would
+/// hold every record behind it in the spool forever; with a dead-letter
+/// topic it is written there and the drain goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_record_kafka_refuses_for_good_goes_to_the_dead_letters_and_the_rest_follow() {
+    let bootstrap = tributary_bridge::testing::require_kafka();
+    let topic = unique_topic("tributary-spool-poison");
+    let dead = unique_topic("tributary-spool-dead");
+    tributary_bridge::testing::create_topic_with(
+        &bootstrap,
+        &topic,
+        1,
+        &[("max.message.bytes", "2000")],
+    )
+    .await;
+    create_topic(&bootstrap, &dead, 1).await;
+    let dir = common::pki::dir("spool-poison");
+    let spool_dir = dir.join("spool");
+    let server = common::start(&bootstrap, &[], |config| {
+        config.spool.enabled = true;
+        config.spool.dir = spool_dir.clone();
+        config.routes = vec![RouteConfig {
+            name: "spooled".into(),
+            mqtt_filters: vec!["spooled/#".into()],
+            kafka_topic: topic.clone(),
+            key: KeySource::ClientId,
+            on_failure: tributary_bridge::OnFailure::DeadLetter,
+            dead_letter_topic: dead.clone(),
+            ..RouteConfig::default()
+        }];
+    })
+    .await;
+    let mut device = Raw::connect(server.mqtt_addr()).await;
+    device.send(&common::connect_v4("poisoner")).await;
+    assert!(device
+        .read_until(&[0x20], Duration::from_secs(5))
+        .await
+        .is_some());
+    // QoS 1: acknowledged once in the spool; the large one first.
+    let qos1 = |pkid: u16, payload: &[u8]| {
+        let mut body = Vec::new();
+        body.extend((b"spooled/x".len() as u16).to_be_bytes());
+        body.extend(b"spooled/x");
+        body.extend(pkid.to_be_bytes());
+        body.extend(payload);
+        packet(0x32, &body)
+    };
+    device.send(&qos1(1, &vec![b'x'; 3_000])).await;
+    for i in 2..=4u16 {
+        device.send(&qos1(i, format!("after-{i}").as_bytes())).await;
+    }
+    // Acknowledgements go out in order: the last one means all four.
+    let acks = device
+        .read_until(&[0x40, 2, 0, 4], Duration::from_secs(10))
+        .await
+        .expect("PUBACK 4");
+    assert!(
+        acks.windows(4).any(|w| w == [0x40, 2, 0, 1]),
+        "PUBACK 1 (the large one): {acks:?}"
+    );
+    let after = payloads_until(&bootstrap, &topic, |seen| seen.len() >= 3);
+    assert_eq!(
+        after,
+        ["after-2", "after-3", "after-4"],
+        "not held behind the refused one"
+    );
+    let letters = consume(&bootstrap, &dead, 1, Duration::from_secs(20));
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].payload().map(<[u8]>::len), Some(3_000));
+    assert_eq!(
+        tributary_bridge::testing::header(&letters[0], "tributary.dead_letter.reason"),
+        Some(&b"message_too_large"[..])
+    );
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

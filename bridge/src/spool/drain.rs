@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::{Position, SpoolError, SpoolHandle, SpooledRecord};
 use crate::events::{self, RouteMetrics};
+use crate::log_throttle::LogThrottle;
 use crate::record::Record;
 use crate::{KafkaHealth, PendingDelivery, Producer};
 
@@ -30,6 +31,8 @@ const IDLE_POLL: Duration = Duration::from_millis(10);
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// Pause before a failed batch is produced again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often a drain held by a record Kafka refuses for good says so.
+const BLOCKED_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// One batch handed to the producer.
 struct InFlight {
@@ -37,24 +40,94 @@ struct InFlight {
     first: Position,
     /// What to commit once Kafka has all of it.
     last: Position,
-    reports: Vec<PendingDelivery>,
+    /// Each record's report, with the record itself when its route has a
+    /// dead-letter topic to take it should Kafka refuse it for good.
+    reports: Vec<(PendingDelivery, Option<Kept>)>,
     /// A record could not even be queued.
     failed: bool,
 }
 
+/// A record kept for its route's dead-letter topic, and that topic.
+type Kept = (Record, Arc<str>);
+
+/// The dead-letter topic of the route named so, if it has one (the routes
+/// in use: they may have been reloaded since the record was spooled).
+pub type DeadLetterTopics = Arc<dyn Fn(&str) -> Option<Arc<str>> + Send + Sync>;
+
 /// Runs until the spool's thread stops.
-pub async fn drain(spool: SpoolHandle, producer: Producer) {
+pub async fn drain(spool: SpoolHandle, producer: Producer, dead_letters: DeadLetterTopics) {
     let drained = Arc::new(AtomicU64::new(0));
     let watch = tokio::spawn(watch(
         spool.clone(),
         producer.health().clone(),
         drained.clone(),
     ));
-    produce_all(spool, producer, drained).await;
+    produce_all(spool, producer, drained, dead_letters).await;
     watch.abort();
 }
 
-async fn produce_all(spool: SpoolHandle, producer: Producer, drained: Arc<AtomicU64>) {
+/// What a record Kafka refuses for good does to the drain: with a
+/// dead-letter topic, it is written there and the drain goes on; without,
+/// the drain retries it (and holds everything behind it) until Kafka takes
+/// it, since nothing acknowledged is ever dropped.
+async fn settle(
+    producer: &Producer,
+    report: PendingDelivery,
+    keep: Option<Kept>,
+    blocked: &LogThrottle,
+) -> bool {
+    let error = match report.await {
+        Ok(_) => return true,
+        Err(error) => error,
+    };
+    if error.is_transient() {
+        return false;
+    }
+    let Some((record, topic)) = keep else {
+        if let Some(suppressed) = blocked.admit(error.reason()) {
+            tracing::error!(
+                %error,
+                suppressed,
+                "Kafka refuses a spooled record for good and its route has no dead-letter topic: \
+                 the drain retries it, and holds every record behind it, until Kafka takes it \
+                 (give the route on_failure = \"dead_letter\", or fix the cause)"
+            );
+        }
+        return false;
+    };
+    // Kafka refuses a whole batch for one record in it (too large, say):
+    // the others are tried again alone before anything is dead-lettered.
+    let error = match producer.enqueue(record.clone()).await {
+        Ok(again) => match again.await {
+            Ok(_) => return true,
+            Err(again) if again.is_transient() => return false,
+            Err(again) => again,
+        },
+        Err(_) => error,
+    };
+    let route = record.route.clone();
+    let letter = record.into_dead_letter(topic, error.reason(), &error.to_string());
+    let written = match producer.enqueue(letter).await {
+        Ok(pending) => pending.await.is_ok(),
+        Err(_) => false,
+    };
+    if written {
+        events::DeadLettered {
+            route: &route,
+            failure: error.failure(),
+        }
+        .emit();
+    }
+    written
+}
+
+async fn produce_all(
+    spool: SpoolHandle,
+    producer: Producer,
+    drained: Arc<AtomicU64>,
+    dead_letters: DeadLetterTopics,
+) {
+    let blocked = LogThrottle::new(BLOCKED_LOG_EVERY);
     let mut metrics: HashMap<String, RouteMetrics> = HashMap::new();
     let mut from = match spool.stats().await {
         Ok((_, start)) => start,
@@ -87,8 +160,9 @@ async fn produce_all(spool: SpoolHandle, producer: Producer, drained: Arc<Atomic
                 let Some(record) = record_of(position, bytes, &mut metrics) else {
                     continue;
                 };
+                let keep = dead_letters(&record.route).map(|topic| (record.clone(), topic));
                 match producer.enqueue(record).await {
-                    Ok(report) => produced.reports.push(report),
+                    Ok(report) => produced.reports.push((report, keep)),
                     Err(_) => {
                         produced.failed = true;
                         break;
@@ -108,8 +182,8 @@ async fn produce_all(spool: SpoolHandle, producer: Producer, drained: Arc<Atomic
         };
         let mut delivered = !oldest.failed;
         let count = oldest.reports.len();
-        for report in oldest.reports {
-            if report.await.is_err() {
+        for (report, keep) in oldest.reports {
+            if !settle(&producer, report, keep, &blocked).await {
                 delivered = false;
             }
         }

@@ -44,7 +44,7 @@ mod scan;
 mod worker;
 
 pub use config::SpoolSettings;
-pub use drain::drain;
+pub use drain::{drain, DeadLetterTopics};
 pub use entry::{EntryError, SpooledRecord};
 pub use error::SpoolError;
 pub use format::Position;

@@ -129,16 +129,23 @@ impl Forwarder {
                     let (forwarder, route, message) =
                         (self.clone(), route.clone(), message.clone());
                     reports.push(Report::Boxed(Box::pin(async move {
-                        match pending.await {
-                            Ok(_) => Ok(()),
-                            Err(error) if !error.is_transient() => {
-                                forwarder
-                                    .dead_letter(&route, &message, &error, Some(&intended), pace)
-                                    .await?
-                                    .await
-                            }
-                            Err(error) => Err(error),
-                        }
+                        let error = match pending.await {
+                            Ok(_) => return Ok(()),
+                            Err(error) if error.is_transient() => return Err(error),
+                            Err(error) => error,
+                        };
+                        // Kafka refuses a whole batch for one record in it
+                        // (too large, say): this one is tried again alone
+                        // before it is taken for a dead letter.
+                        let error = match forwarder.retry_alone(&route, &message, pace).await {
+                            Ok(()) => return Ok(()),
+                            Err(again) if again.is_transient() => return Err(again),
+                            Err(_) => error,
+                        };
+                        forwarder
+                            .dead_letter(&route, &message, &error, Some(&intended), pace)
+                            .await?
+                            .await
                     })));
                 }
             }
@@ -154,6 +161,19 @@ impl Forwarder {
             reports.push(Report::Spooled(ack));
         }
         Ok(reports)
+    }
+
+    /// Builds and sends `message`'s record on `route` again, and waits for
+    /// Kafka's answer.
+    async fn retry_alone(
+        &self,
+        route: &Route,
+        message: &MqttPublish,
+        pace: Pace,
+    ) -> Result<(), DeliveryError> {
+        let record = Record::build(route, message)?;
+        self.producer.enqueue_on(record, pace).await?.await?;
+        Ok(())
     }
 
     /// Writes the dead letter of `message` on `route` for `error`; its report
