@@ -65,7 +65,8 @@ pub fn spawn(items: Vec<Arc<dyn Reload>>, shutdown: CancellationToken) {
 /// The routes in use, shared by every connection; swapped whole on reload.
 pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
 
-/// The routes of the configuration file, read again when it changes.
+/// The routes of the configuration file, read again when it (or an Avro
+/// schema file a route reads) changes.
 ///
 /// The whole file is read and checked as at start (environment overrides
 /// included): an invalid one changes nothing, and every problem is logged.
@@ -83,6 +84,8 @@ pub struct RoutesReload {
 struct RoutesState {
     /// The file's modification time and size when last read.
     seen: Option<(SystemTime, u64)>,
+    /// The same of each Avro schema file the routes read.
+    schemas: Vec<Option<(SystemTime, u64)>>,
     /// The routes in use.
     routes: Vec<RouteConfig>,
     /// Everything else, as the server started with it (routes emptied).
@@ -102,6 +105,7 @@ impl RoutesReload {
             path: path.clone(),
             state: Mutex::new(RoutesState {
                 seen: file_stamp(path),
+                schemas: schema_stamps(&config.routes),
                 routes: config.routes.clone(),
                 running: without_routes(config),
                 reported: None,
@@ -119,6 +123,14 @@ fn without_routes(config: &Config) -> Config {
     }
 }
 
+fn schema_stamps(routes: &[RouteConfig]) -> Vec<Option<(SystemTime, u64)>> {
+    routes
+        .iter()
+        .filter_map(|route| route.avro_schema.as_deref())
+        .map(file_stamp)
+        .collect()
+}
+
 fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
     let metadata = std::fs::metadata(path).ok()?;
     Some((metadata.modified().ok()?, metadata.len()))
@@ -128,10 +140,13 @@ impl Reload for RoutesReload {
     fn reload(&self, force: bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let stamp = file_stamp(&self.path);
-        if !force && stamp == state.seen {
+        let schemas = schema_stamps(&state.routes);
+        let schemas_changed = schemas != state.schemas;
+        if !force && stamp == state.seen && !schemas_changed {
             return;
         }
         state.seen = stamp;
+        state.schemas = schemas;
         let config = match Config::load(&self.source) {
             Ok(config) => config,
             Err(error) => {
@@ -143,7 +158,7 @@ impl Reload for RoutesReload {
                 return;
             }
         };
-        if config.routes != state.routes {
+        if config.routes != state.routes || schemas_changed {
             let table = match RouteTable::compile(&config.routes) {
                 Ok(table) => table,
                 Err(problems) => {
@@ -165,6 +180,7 @@ impl Reload for RoutesReload {
             }
             .emit();
             state.routes = config.routes.clone();
+            state.schemas = schema_stamps(&state.routes);
         } else if force {
             events::RoutesUnchanged.emit();
         }

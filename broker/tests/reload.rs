@@ -155,3 +155,75 @@ async fn routes_follow_the_file_and_an_invalid_file_changes_nothing() {
         ["after", "new route", "still second"]
     );
 }
+
+/// An Avro schema file is watched like the configuration: a new schema
+/// applies to the next publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_avro_schema_applies_to_the_next_publishes() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
+    let bootstrap = require_kafka();
+    let topic = unique_topic("tributary-reload-avro");
+    create_topic(&bootstrap, &topic, 1).await;
+    let dir = common::pki::dir("reload-avro");
+    let schema = dir.join("s.avsc");
+    let record_schema =
+        |fields: &str| format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#);
+    std::fs::write(&schema, record_schema(r#"{"name":"a","type":"long"}"#)).unwrap();
+    let path = dir.join("tributary.toml");
+    write_routes(
+        &path,
+        &bootstrap,
+        &format!(
+            "[[routes]]\nname = \"r\"\nmqtt_filters = [\"data/#\"]\nkafka_topic = \"{topic}\"\nformat = \"avro\"\navro_schema = \"{}\"\n",
+            schema.display()
+        ),
+    );
+    let process = common::Process::start(&path);
+    let (mqtt, _) = process.addrs();
+    let (client, mut eventloop) =
+        rumqttc::v5::AsyncClient::new(common::v5_options(mqtt, "schema-user"), 10);
+    let publish = |payload: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .publish(
+                    "data/1",
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let mut next_ack = async || loop {
+        match tokio::time::timeout(Duration::from_secs(20), eventloop.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(Packet5::PubAck(ack)))) => return ack.reason,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    };
+    publish(r#"{"a": 1}"#).await;
+    assert_eq!(next_ack().await, PubAckReason::Success);
+
+    // Written elsewhere and renamed into place, like the configuration.
+    let partial = dir.join("s.partial");
+    std::fs::write(
+        &partial,
+        record_schema(r#"{"name":"a","type":"long"},{"name":"b","type":"string"}"#),
+    )
+    .unwrap();
+    std::fs::rename(&partial, &schema).unwrap();
+    process.wait_for(Duration::from_secs(15), |line| {
+        line.contains("routes reloaded")
+    });
+    publish(r#"{"a": 2}"#).await;
+    assert_eq!(
+        next_ack().await,
+        PubAckReason::PayloadFormatInvalid,
+        "the new schema needs b"
+    );
+    publish(r#"{"a": 3, "b": "x"}"#).await;
+    assert_eq!(next_ack().await, PubAckReason::Success);
+    let _ = std::fs::remove_dir_all(&dir);
+}
