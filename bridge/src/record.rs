@@ -214,25 +214,13 @@ impl Record {
         intended: Option<&str>,
     ) -> Option<Record> {
         let dead_letter = route.dead_letter.as_ref()?;
-        let mut headers = headers(publish, &route.user_property_prefix)
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_REASON,
-                value: Some(reason.as_bytes()),
-            })
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_ERROR,
-                value: Some(error.as_bytes()),
-            })
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_ROUTE,
-                value: Some(route.name.as_bytes()),
-            });
-        if let Some(topic) = intended {
-            headers = headers.insert(Header {
-                key: HEADER_DEAD_LETTER_TOPIC,
-                value: Some(topic.as_bytes()),
-            });
-        }
+        let headers = with_dead_letter_headers(
+            headers(publish, &route.user_property_prefix),
+            reason,
+            error,
+            &route.name,
+            intended,
+        );
         Some(Record {
             route: route.name.clone(),
             metrics: route.metrics.clone(),
@@ -249,30 +237,43 @@ impl Record {
     /// its value and headers as built, plus why (used by the spool's
     /// drain, which holds the built record, not the device's publish).
     pub fn into_dead_letter(self, topic: Arc<str>, reason: &'static str, error: &str) -> Record {
-        let intended = self.topic.clone();
-        let headers = self
-            .headers
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_REASON,
-                value: Some(reason.as_bytes()),
-            })
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_ERROR,
-                value: Some(error.as_bytes()),
-            })
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_ROUTE,
-                value: Some(self.route.as_bytes()),
-            })
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_TOPIC,
-                value: Some(intended.as_bytes()),
-            });
+        let headers =
+            with_dead_letter_headers(self.headers, reason, error, &self.route, Some(&self.topic));
         Record {
             topic,
             headers,
             ..self
         }
+    }
+}
+
+/// `headers` and why the record is a dead letter.
+fn with_dead_letter_headers(
+    headers: OwnedHeaders,
+    reason: &str,
+    error: &str,
+    route: &str,
+    intended: Option<&str>,
+) -> OwnedHeaders {
+    let headers = headers
+        .insert(Header {
+            key: HEADER_DEAD_LETTER_REASON,
+            value: Some(reason.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_DEAD_LETTER_ERROR,
+            value: Some(error.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_DEAD_LETTER_ROUTE,
+            value: Some(route.as_bytes()),
+        });
+    match intended {
+        Some(topic) => headers.insert(Header {
+            key: HEADER_DEAD_LETTER_TOPIC,
+            value: Some(topic.as_bytes()),
+        }),
+        None => headers,
     }
 }
 
