@@ -1,5 +1,6 @@
 //! The Kafka side of Tributary: which MQTT publishes go to Kafka (routes), what
-//! record each becomes, and the producer that reports whether Kafka has it.
+//! record each becomes, and the producer that reports whether Kafka has it;
+//! and the other way, Kafka records consumed to become MQTT messages (`source`).
 //!
 //! This crate knows nothing of MQTT connections; it never decides when a device is
 //! acknowledged, it only reports truthfully what Kafka said.
@@ -15,6 +16,7 @@ pub mod problems;
 pub mod producer;
 pub mod record;
 pub mod route;
+pub mod source;
 pub mod spool;
 pub mod template;
 

@@ -83,50 +83,9 @@ impl PayloadJson {
 impl Template {
     /// Parses `source`; the error says what is wrong, for the operator.
     pub fn parse(source: &str) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut chars = source.char_indices().peekable();
-        while let Some((at, c)) = chars.next() {
-            match c {
-                '{' if chars.peek().map(|(_, c)| *c) == Some('{') => {
-                    chars.next();
-                    literal.push('{');
-                }
-                '}' if chars.peek().map(|(_, c)| *c) == Some('}') => {
-                    chars.next();
-                    literal.push('}');
-                }
-                '}' => {
-                    return Err(format!(
-                        "'}}' at byte {at} closes nothing (write '}}}}' for a literal brace)"
-                    ))
-                }
-                '{' => {
-                    let rest = &source[at + 1..];
-                    let Some(end) = rest.find('}') else {
-                        return Err(format!(
-                            "'{{' at byte {at} is not closed (write '{{{{' for a literal brace)"
-                        ));
-                    };
-                    let name = &rest[..end];
-                    // Skip the placeholder's characters and its '}'.
-                    for _ in 0..name.chars().count() + 1 {
-                        chars.next();
-                    }
-                    if !literal.is_empty() {
-                        parts.push(Part::Literal(std::mem::take(&mut literal)));
-                    }
-                    parts.push(placeholder(name)?);
-                }
-                c => literal.push(c),
-            }
-        }
-        if !literal.is_empty() {
-            parts.push(Part::Literal(literal));
-        }
         Ok(Template {
             source: source.to_owned(),
-            parts,
+            parts: scan(source, Part::Literal, placeholder)?,
         })
     }
 
@@ -218,6 +177,58 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// Splits a template into its pieces: literal text (`{{` and `}}` read as one
+/// brace) and placeholders, each read by `placeholder`. The one reader of the
+/// template syntax, for routes and for Kafka sources alike.
+pub(crate) fn scan<T>(
+    source: &str,
+    literal: impl Fn(String) -> T,
+    placeholder: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut chars = source.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '{' if chars.peek().map(|(_, c)| *c) == Some('{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek().map(|(_, c)| *c) == Some('}') => {
+                chars.next();
+                text.push('}');
+            }
+            '}' => {
+                return Err(format!(
+                    "'}}' at byte {at} closes nothing (write '}}}}' for a literal brace)"
+                ))
+            }
+            '{' => {
+                let rest = &source[at + 1..];
+                let Some(end) = rest.find('}') else {
+                    return Err(format!(
+                        "'{{' at byte {at} is not closed (write '{{{{' for a literal brace)"
+                    ));
+                };
+                let name = &rest[..end];
+                // Skip the placeholder's characters and its '}'.
+                for _ in 0..name.chars().count() + 1 {
+                    chars.next();
+                }
+                if !text.is_empty() {
+                    parts.push(literal(std::mem::take(&mut text)));
+                }
+                parts.push(placeholder(name)?);
+            }
+            c => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        parts.push(literal(text));
+    }
+    Ok(parts)
 }
 
 fn placeholder(name: &str) -> Result<Part, String> {

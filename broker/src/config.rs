@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use thiserror::Error;
 use tributary_bridge::problems::deserialize_one_of;
+use tributary_bridge::source::{validate_sources, SourceConfig};
 use tributary_bridge::{route::validate_routes, KafkaConfig, Problems, RouteConfig};
 
 use crate::auth::AuthConfig;
@@ -56,6 +57,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "kafka",
     "routes",
+    "kafka_sources",
     "shutdown_timeout_ms",
 ];
 
@@ -71,6 +73,8 @@ pub struct Config {
     pub log: LogConfig,
     pub kafka: KafkaConfig,
     pub routes: Vec<RouteConfig>,
+    /// `[[kafka_sources]]`: Kafka topics consumed and published into MQTT.
+    pub kafka_sources: Vec<SourceConfig>,
     /// How long shutdown waits for in-flight Kafka deliveries, in milliseconds.
     pub shutdown_timeout_ms: u64,
 }
@@ -276,6 +280,7 @@ impl Config {
             log: section(layered, "log", &mut problems),
             kafka: section(layered, "kafka", &mut problems),
             routes: routes(layered, &mut problems, &mut unreadable),
+            kafka_sources: entries(layered, "kafka_sources", &mut problems),
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
         };
         match layered.get::<u64>("shutdown_timeout_ms") {
@@ -370,6 +375,7 @@ impl Config {
         }
         self.kafka.validate(problems);
         validate_routes(&self.routes, problems);
+        validate_sources(&self.kafka_sources, problems);
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -768,6 +774,54 @@ mod tests {
             ],
             "{problems}"
         );
+    }
+
+    #[test]
+    fn kafka_sources_are_read_and_every_bad_field_named() {
+        let text = r##"
+            [[kafka_sources]]
+            name = "commands"
+            topics = ["device-commands"]
+            mqtt_topic = "devices/{key}/commands"
+            auto_offset_reset = "earliest"
+
+            [[kafka_sources]]
+            name = "bad"
+            topics = ["x"]
+            mqtt_topic = "devices/+/{nope}"
+            qos = 5
+
+            [[kafka_sources]]
+            name = "worse"
+            auto_offset_reset = "yesterday"
+        "##;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected an invalid config");
+        };
+        let text = problems.to_string();
+        for expected in [
+            "kafka_sources[1].mqtt_topic: ",
+            "kafka_sources[1].qos: must be 0, 1 or 2",
+            "kafka_sources[2].auto_offset_reset: unknown value `yesterday`",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        let good = Config::from_toml(text_of_first_source()).unwrap();
+        assert_eq!(good.kafka_sources[0].name, "commands");
+        assert_eq!(
+            good.kafka_sources[0].auto_offset_reset,
+            tributary_bridge::source::OffsetReset::Earliest
+        );
+    }
+
+    fn text_of_first_source() -> &'static str {
+        r##"
+            [[kafka_sources]]
+            name = "commands"
+            topics = ["device-commands"]
+            mqtt_topic = "devices/{key}/commands"
+            auto_offset_reset = "earliest"
+        "##
     }
 
     #[test]

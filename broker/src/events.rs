@@ -590,3 +590,52 @@ impl SessionExpired {
         metrics::counter!(SESSIONS_EXPIRED_TOTAL).increment(1);
     }
 }
+
+/// A Kafka source is consuming.
+pub struct SourceStarted<'a> {
+    pub config: &'a tributary_bridge::source::SourceConfig,
+}
+
+impl SourceStarted<'_> {
+    pub fn emit(self) {
+        let config = self.config;
+        tracing::info!(
+            source = %config.name,
+            kafka_topics = ?config.subscription(),
+            group_id = %config.group_id,
+            qos = config.qos,
+            "Kafka source started: records are published into MQTT"
+        );
+    }
+}
+
+/// The router dropped a Kafka source's lane: the source stops; what it had
+/// not handed over is read again after a restart.
+pub struct SourceRouterGone<'a> {
+    pub source: &'a str,
+}
+
+impl SourceRouterGone<'_> {
+    pub fn emit(self) {
+        tracing::error!(
+            source = self.source,
+            "the router no longer takes this Kafka source's messages; the source stops"
+        );
+    }
+}
+
+/// The router has not taken a Kafka source's batch yet: its offsets wait.
+pub struct SourceRouterSlow<'a> {
+    pub source: &'a str,
+    pub waited: std::time::Duration,
+}
+
+impl SourceRouterSlow<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            source = self.source,
+            waited = ?self.waited,
+            "the router has not taken a Kafka source's batch yet; consumption waits"
+        );
+    }
+}

@@ -23,6 +23,7 @@ pub mod link;
 pub mod listener;
 pub mod reload;
 pub mod router;
+pub mod source;
 pub mod telemetry;
 
 /// MQTT byte-level helpers (remaining length, varints, header peeking).
@@ -49,6 +50,9 @@ pub struct Server {
     http_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Stops the Kafka sources, before anything else (see [`Server::shutdown`]).
+    stop_sources: CancellationToken,
+    sources: TaskTracker,
     producer: Producer,
     config: Config,
     links: Arc<LinkContext>,
@@ -102,13 +106,27 @@ impl Server {
         )
     }
 
-    /// Stops accepting, waits for connections and deliveries up to the shutdown
-    /// timeout, then flushes the producer.
+    /// Stops the Kafka sources (each hands its last batch to the router and
+    /// commits), then stops accepting, waits for connections and deliveries
+    /// up to the shutdown timeout, then flushes the producer. Sources stop
+    /// first so that what they handed over still reaches the connected
+    /// subscribers.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        let timeout = self.config.shutdown_timeout();
+        self.stop_sources.cancel();
+        self.sources.close();
+        if tokio::time::timeout(timeout, self.sources.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?timeout,
+                "Kafka sources still closing at the shutdown timeout"
+            );
+        }
         self.shutdown.cancel();
         self.tasks.close();
-        let timeout = self.config.shutdown_timeout();
         if tokio::time::timeout(timeout, self.tasks.wait())
             .await
             .is_err()
@@ -220,10 +238,17 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     }
     .emit();
 
-    // Stored sessions with subscriptions keep a router link too: as many again.
-    let router = EmbeddedRouter::start(config.mqtt.max_connections.saturating_mul(2))
-        .await
-        .context("starting the router")?;
+    // Stored sessions with subscriptions keep a router link too: as many
+    // again; and each Kafka source has a lane of its own.
+    let router = EmbeddedRouter::start(
+        config
+            .mqtt
+            .max_connections
+            .saturating_mul(2)
+            .saturating_add(config.kafka_sources.len()),
+    )
+    .await
+    .context("starting the router")?;
     let registry = Registry::default();
     let retained = Arc::new(link::retained::Retained::default());
     if let Some(watch) = reload::RoutesReload::new(source, &config, routes.clone()) {
@@ -232,6 +257,19 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     let forwarder = link::forward::Forwarder::new(routes, producer.clone(), spool);
     let wills = Wills::new(forwarder.clone(), registry.clone(), retained.clone());
     let auth = Arc::new(auth::Authenticator::new(&config.auth)?);
+    // Last of what can fail, so that no source runs for a server that did
+    // not start.
+    let stop_sources = CancellationToken::new();
+    let sources = TaskTracker::new();
+    crate::source::start(
+        &config.kafka_sources,
+        &config.kafka,
+        &router,
+        retained.clone(),
+        stop_sources.clone(),
+        &sources,
+    )
+    .await?;
     reloadable.push(auth.clone() as Arc<dyn reload::Reload>);
     let context = Arc::new(LinkContext {
         config: config.link_config(),
@@ -291,6 +329,8 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         http_addr,
         shutdown,
         tasks,
+        stop_sources,
+        sources,
         producer,
         config,
         links: context,

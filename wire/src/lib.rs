@@ -213,6 +213,15 @@ pub fn connect_flags(frame: &[u8]) -> Option<u8> {
     body.get(2 + name_len + 1).copied()
 }
 
+/// Longest topic name or filter MQTT can carry: a two-byte length prefix.
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Whether `topic` may be published to: not empty [MQTT-4.7.3-1], no wildcard
+/// [MQTT-3.3.2-2], no NUL [MQTT-4.7.3-2], at most [`MAX_TOPIC_BYTES`].
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_TOPIC_BYTES && !topic.contains(['+', '#', '\0'])
+}
+
 /// Whether `topic` matches the topic filter `filter` [MQTT-4.7]: `+` one level
 /// (an empty one too), `#` this level and everything below (also the parent:
 /// `a/#` matches `a`), and no wildcard at the first level matches a `$` topic
@@ -246,6 +255,17 @@ pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_names_are_checked_against_mqtt_grammar() {
+        assert!(valid_topic_name("devices/7/commands"));
+        assert!(valid_topic_name("$SYS/x"));
+        assert!(valid_topic_name(&"a".repeat(MAX_TOPIC_BYTES)));
+        for bad in ["", "a/+/b", "a/#", "nul\0here"] {
+            assert!(!valid_topic_name(bad), "{bad:?}");
+        }
+        assert!(!valid_topic_name(&"a".repeat(MAX_TOPIC_BYTES + 1)));
+    }
 
     #[test]
     fn varints_round_trip_at_every_width() {

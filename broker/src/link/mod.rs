@@ -77,10 +77,8 @@ const BUDGET_RECHECK: Duration = Duration::from_millis(2);
 /// took it over.
 const TAKEN_OVER_KEPT: Duration = Duration::from_secs(10);
 
-/// A valid PUBLISH topic name: non-empty, no wildcards, no NUL [MQTT-4.7.3].
-pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && !topic.contains(['+', '#', '\0'])
-}
+/// A valid PUBLISH topic name (its grammar lives in `wire`).
+pub use tributary_wire::valid_topic_name;
 
 /// Serves one device connection from its first byte of MQTT to its close.
 pub async fn serve(stream: Box<dyn Transport>, arrival: Arrival, ctx: Arc<LinkContext>) {

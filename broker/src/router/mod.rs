@@ -109,6 +109,20 @@ impl EmbeddedRouter {
         }
     }
 
+    /// A lane of its own for a publisher inside Tributary (a Kafka source),
+    /// so that [`Lane::taken`] speaks of its publishes alone: on a shared
+    /// lane, devices' publishes could keep it from ever looking empty.
+    pub async fn dedicated_lane(&self, name: &str) -> Result<Lane, Box<LinkError>> {
+        let (tx, rx) = self
+            .open(format!("{RESERVED_CLIENT_PREFIX}_{name}"))
+            .await?;
+        tokio::spawn(drain(rx));
+        Ok(Lane {
+            lanes: Arc::from([Mutex::new(tx)]),
+            index: 0,
+        })
+    }
+
     /// Opens a link for a device connection, under a recycled router id.
     pub async fn connect_device(&self) -> Result<RouterLink, Box<LinkError>> {
         let id = {
@@ -192,18 +206,25 @@ impl Lane {
 
     /// Waits (at most `timeout`) until the router has taken everything on
     /// this lane: the router handles what it took before anything it is
-    /// given later on another link.
-    pub async fn taken(&self, timeout: std::time::Duration) {
+    /// given later on another link. True when it did, false at the timeout.
+    ///
+    /// "Taken" means the router moved the lane's packets out of its buffer to
+    /// handle them, in one go on its own thread: each publish is appended to
+    /// the log of every filter it matches, from which the router forwards it
+    /// to every link subscribed to that filter (connected devices' links, and
+    /// the links stored sessions keep while their devices are away).
+    pub async fn taken(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         let mut pause = std::time::Duration::from_micros(50);
         while !self.tx().buffer().is_empty() {
             if std::time::Instant::now() >= deadline {
                 tracing::debug!("a lane was not taken in time; a switch to a link may reorder");
-                return;
+                return false;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(2));
         }
+        true
     }
 
     /// Like [`Lane::send`], then waits while the router is far behind on
