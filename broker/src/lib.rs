@@ -152,6 +152,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// [`start`], with the routes of `source`'s file reloaded when it changes
 /// (and on SIGHUP).
 pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<Server> {
+    // First: SIGHUP reloads, and must not end the process while starting.
+    let hangup = reload::hangup_signal();
     let prometheus = telemetry::prometheus();
     let routes: reload::SharedRoutes = Arc::new(arc_swap::ArcSwap::from_pointee(
         RouteTable::compile(&config.routes)
@@ -322,7 +324,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
             reloadable.push(tls.clone() as Arc<dyn reload::Reload>);
         }
     }
-    reload::spawn(reloadable, shutdown.clone());
+    reload::spawn(reloadable, shutdown.clone(), hangup);
 
     Ok(Server {
         listeners,

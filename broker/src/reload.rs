@@ -32,13 +32,22 @@ impl Reload for TlsConfig {
     }
 }
 
-/// Watches `items` until `shutdown`.
-pub fn spawn(items: Vec<Arc<dyn Reload>>, shutdown: CancellationToken) {
+/// Watches `items` until `shutdown`; `hangup` is the SIGHUP listener,
+/// installed by [`hangup_signal`] as early as the server starts (until then
+/// SIGHUP would end the process).
+pub fn spawn(items: Vec<Arc<dyn Reload>>, shutdown: CancellationToken, hangup: Hangup) {
+    let mut hangup = hangup;
     if items.is_empty() {
+        // SIGHUP is still taken (and ignored) rather than ending the process.
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = async { loop { next_hangup(&mut hangup).await } } => {}
+            }
+        });
         return;
     }
     tokio::spawn(async move {
-        let mut hangup = hangup_signal();
         let mut poll = tokio::time::interval(RELOAD_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -207,19 +216,21 @@ fn route_changes(old: &[RouteConfig], new: &[RouteConfig]) -> (usize, usize, usi
     (added, removed, changed)
 }
 
+/// The SIGHUP listener (nothing where there is no SIGHUP).
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
-type Hangup = ();
+pub type Hangup = ();
 
+/// Takes SIGHUP over from its default action (ending the process).
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub fn hangup_signal() -> Hangup {
     use tokio::signal::unix::{signal, SignalKind};
     signal(SignalKind::hangup()).ok()
 }
 
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
+pub fn hangup_signal() -> Hangup {}
 
 #[cfg(unix)]
 async fn next_hangup(hangup: &mut Hangup) {
