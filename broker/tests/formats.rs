@@ -535,3 +535,122 @@ async fn avro_records_carry_the_registry_id_and_decode_with_the_registered_schem
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The stand-in registry behind TLS with a certificate from the test's own
+/// CA: `ca_file` makes Tributary trust it, and without it the registration
+/// fails (for now: 0x80, never a dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_registry_is_trusted_through_its_ca_file_only() {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tributary_bridge::testing::RegistryStandIn;
+
+    let bootstrap = require_kafka();
+    let dir = common::pki::dir("registry-tls");
+    let ca = common::pki::Ca::new(&dir, "registry-ca");
+    let server_cert = ca.server(&dir, "registry");
+    let stand_in = RegistryStandIn::start(None).await;
+    // TLS in front of the stand-in.
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(server_cert.der.clone())],
+        PrivateKeyDer::from_pem_file(&server_cert.key_path).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_url = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let plain = stand_in.url.trim_start_matches("http://").to_owned();
+    let terminator = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, plain) = (acceptor.clone(), plain.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&plain).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                }
+            });
+        }
+    });
+
+    let schema_file = dir.join("t.avsc");
+    std::fs::write(
+        &schema_file,
+        r#"{"type":"record","name":"T","fields":[{"name":"v","type":"long"}]}"#,
+    )
+    .unwrap();
+    let mut topics = Vec::new();
+    let mut routes = Vec::new();
+    for (name, ca_file) in [
+        ("trusting", Some(ca.pem_path.clone())),
+        ("untrusting", None),
+    ] {
+        let topic = unique_topic(&format!("tributary-registry-tls-{name}"));
+        create_topic(&bootstrap, &topic, 1).await;
+        routes.push(RouteConfig {
+            name: name.into(),
+            mqtt_filters: vec![format!("{name}/#")],
+            kafka_topic: topic.clone(),
+            format: FormatName::Avro,
+            avro_schema: Some(schema_file.clone()),
+            schema_registry: Some(tributary_bridge::avro::RegistryConfig {
+                url: tls_url.clone(),
+                ca_file,
+                ..Default::default()
+            }),
+            ..RouteConfig::default()
+        });
+        topics.push(topic);
+    }
+    let server = common::start(&bootstrap, &[], |config| config.routes = routes).await;
+    let (client, mut eventloop) =
+        AsyncClient::new(common::v5_options(server.mqtt_addr(), "tls-registry"), 10);
+    assert_eq!(
+        publish_v5(
+            &client,
+            &mut eventloop,
+            "trusting/1",
+            br#"{"v": 1}"#.to_vec()
+        )
+        .await,
+        PubAckReason::Success
+    );
+    assert_eq!(
+        publish_v5(
+            &client,
+            &mut eventloop,
+            "untrusting/1",
+            br#"{"v": 1}"#.to_vec()
+        )
+        .await,
+        PubAckReason::UnspecifiedError,
+        "a registry whose certificate is not trusted is out of reach"
+    );
+    let records = consume(&bootstrap, &topics[0], 1, Duration::from_secs(20));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].payload().map(|v| v[0]), Some(0), "wire format");
+    assert!(
+        common::metric(
+            &server,
+            "tributary_mqtt_publishes_refused_total{qos=\"1\",reason=\"schema_registry\"}"
+        )
+        .await
+            >= 1.0,
+        "the refusal is counted under its reason"
+    );
+    server.shutdown().await;
+    terminator.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
