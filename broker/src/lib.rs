@@ -263,11 +263,13 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     // not start.
     let stop_sources = CancellationToken::new();
     let sources = TaskTracker::new();
+    let subscribers_behind = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     crate::source::start(
         &config.kafka_sources,
         &config.kafka,
         &router,
         retained.clone(),
+        subscribers_behind.clone(),
         stop_sources.clone(),
         &sources,
     )
@@ -285,6 +287,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         retained,
         shares: Arc::default(),
         auth,
+        subscribers_behind,
     });
 
     // One connection limit across every listener.

@@ -26,6 +26,7 @@
 //! the routes (`Forwarder`): a route matching their topic does not write
 //! them back to Kafka.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,23 @@ use crate::router::{EmbeddedRouter, Lane, RESERVED_CLIENT_PREFIX};
 /// How long one wait for the router to take a batch lasts before it is
 /// logged and waited for again.
 const TAKEN_WAIT: Duration = Duration::from_secs(5);
+/// How often a source held by subscribers behind looks again.
+const BEHIND_RECHECK: Duration = Duration::from_millis(5);
+/// What one hand-over to the router carries at most, records and bytes.
+const CHUNK_RECORDS: usize = 64;
+const CHUNK_BYTES: usize = 128 * 1024;
+
+/// Waits while any subscriber is behind; false if `stop` came first.
+async fn subscribers_caught_up(behind: &AtomicUsize, stop: &CancellationToken) -> bool {
+    while behind.load(Ordering::Relaxed) > 0 {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(BEHIND_RECHECK) => {}
+        }
+    }
+    true
+}
 
 /// Starts one task per source; each stops at `stop`, once its current batch
 /// is handed over and its offsets committed.
@@ -52,6 +70,7 @@ pub async fn start(
     kafka: &KafkaConfig,
     router: &EmbeddedRouter,
     retained: Arc<Retained>,
+    subscribers_behind: Arc<AtomicUsize>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
@@ -67,7 +86,12 @@ pub async fn start(
             client_id: format!("{RESERVED_CLIENT_PREFIX}_source_{}", config.name),
         };
         events::SourceStarted { config }.emit();
-        tasks.spawn(run(source, publisher, stop.clone()));
+        tasks.spawn(run(
+            source,
+            publisher,
+            subscribers_behind.clone(),
+            stop.clone(),
+        ));
     }
     Ok(())
 }
@@ -106,36 +130,63 @@ impl Publisher {
 
 /// Reads, publishes, hands back: one batch at a time, so a batch's offsets
 /// are stored only after the router took all of it.
-async fn run(mut source: Source, publisher: Publisher, stop: CancellationToken) {
+async fn run(
+    mut source: Source,
+    publisher: Publisher,
+    subscribers_behind: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
     loop {
         let batch = tokio::select! {
             biased;
             () = stop.cancelled() => break,
             batch = source.next_batch(MAX_BATCH) => batch,
         };
-        let packets: Vec<Packet> = batch
+        let mut packets = batch
             .messages
             .into_iter()
             .map(|message| publisher.packet(message))
-            .collect();
-        if publisher.lane.send_paced(packets).await.is_err() {
-            // Nothing of this batch is stored: it is read again after a restart.
-            events::SourceRouterGone {
-                source: source.name(),
-            }
-            .emit();
-            break;
-        }
-        while !publisher.lane.taken(TAKEN_WAIT).await {
-            events::SourceRouterSlow {
-                source: source.name(),
-                waited: TAKEN_WAIT,
-            }
-            .emit();
-            if stop.is_cancelled() {
-                // Not taken: not stored, read again after the restart.
+            .peekable();
+        // Handed over in small chunks, each only while no subscriber is
+        // behind (its outbox full, or its device not reading): the router's
+        // log for a filter is bounded, and a subscriber it passes by misses
+        // messages. At most one chunk goes in after a subscriber falls behind.
+        while packets.peek().is_some() {
+            if !subscribers_caught_up(&subscribers_behind, &stop).await {
+                // Not handed over: not stored, read again after the restart.
                 source.close().await;
                 return;
+            }
+            let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
+            let mut bytes = 0;
+            while let Some(packet) =
+                packets.next_if(|_| chunk.len() < CHUNK_RECORDS && bytes < CHUNK_BYTES)
+            {
+                if let Packet::Publish(publish, _) = &packet {
+                    bytes += publish.payload.len() + publish.topic.len();
+                }
+                chunk.push(packet);
+            }
+            if publisher.lane.send_paced(chunk).await.is_err() {
+                // Nothing of this batch is stored: it is read again after a restart.
+                events::SourceRouterGone {
+                    source: source.name(),
+                }
+                .emit();
+                source.close().await;
+                return;
+            }
+            while !publisher.lane.taken(TAKEN_WAIT).await {
+                events::SourceRouterSlow {
+                    source: source.name(),
+                    waited: TAKEN_WAIT,
+                }
+                .emit();
+                if stop.is_cancelled() {
+                    // Not taken: not stored, read again after the restart.
+                    source.close().await;
+                    return;
+                }
             }
         }
         source.handed_over(batch.handoff);

@@ -394,3 +394,118 @@ async fn a_record_without_a_key_is_skipped_and_the_next_ones_arrive() {
     .await;
     server.shutdown().await;
 }
+
+/// A subscriber whose device stops reading while a large backlog is consumed
+/// at full speed: the source waits while a subscriber is behind, instead of
+/// letting the router's bounded log pass it by. Before that wait it lost
+/// 2,312–3,271 of these 6,000 records; with it, all 6,000 arrived in 10 of
+/// 11 runs and 5,820 in the other (with other tests loading the 2 cores):
+/// the wait is advisory (a connection says it is behind when its
+/// loop turns), not yet the guarantee issue 12 asks for. Run on its own with
+/// `--ignored`; the note of the stop that wrote it says what would close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures the slow-subscriber gap of Kafka sources, which is narrowed, not closed"]
+async fn a_subscriber_that_stops_reading_loses_nothing_of_a_full_speed_backlog() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const RECORDS: usize = 6_000;
+    const PAYLOAD: usize = 2_048;
+    let bootstrap = require_kafka();
+    let topic = unique_topic("tributary-source-slow");
+    create_topic(&bootstrap, &topic, 1).await;
+    let server = start(&bootstrap, vec![source("slow", &topic, &unique_topic("g"))]).await;
+
+    // A device with a small receive window, subscribed (QoS 1) and then not
+    // reading at all for a while.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut device = socket.connect(server.mqtt_addr()).await.unwrap();
+    device
+        .write_all(&common::connect_v4("slow-reader"))
+        .await
+        .unwrap();
+    let filter = b"devices/+/commands";
+    let mut subscribe = vec![0x82, (2 + 2 + filter.len() + 1) as u8, 0, 1];
+    subscribe.extend((filter.len() as u16).to_be_bytes());
+    subscribe.extend(filter);
+    subscribe.push(1);
+    device.write_all(&subscribe).await.unwrap();
+    // CONNACK (4 bytes) and SUBACK (5 bytes).
+    let mut handshake = [0u8; 9];
+    device.read_exact(&mut handshake).await.unwrap();
+    assert_eq!(handshake[0], 0x20);
+    assert_eq!(handshake[4], 0x90);
+
+    // The backlog, at full speed, while the device reads nothing.
+    let kafka = producer(&bootstrap);
+    let sends: Vec<_> = (0..RECORDS)
+        .map(|i| {
+            let mut payload = format!("{i:08}").into_bytes();
+            payload.resize(PAYLOAD, b'.');
+            let kafka = kafka.clone();
+            let topic = topic.clone();
+            async move {
+                let record: FutureRecord<'_, str, [u8]> =
+                    FutureRecord::to(&topic).key("dev-1").payload(&payload);
+                kafka.send(record, Duration::from_secs(30)).await.is_ok()
+            }
+        })
+        .collect();
+    assert!(futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .all(|ok| ok));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Now it reads: every record, once at least.
+    let mut seen = std::collections::HashSet::new();
+    let mut buffer = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < RECORDS && Instant::now() < deadline {
+        let n = match tokio::time::timeout(Duration::from_secs(5), device.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break,
+        };
+        buffer.extend_from_slice(&chunk[..n]);
+        // Whole PUBLISH packets (QoS 1: topic, packet id, payload), each
+        // acknowledged.
+        let mut acks = Vec::new();
+        loop {
+            let (mut length, mut shift, mut at) = (0usize, 0, 1);
+            while at < buffer.len() && at < 5 {
+                length |= usize::from(buffer[at] & 0x7f) << shift;
+                shift += 7;
+                at += 1;
+                if buffer[at - 1] & 0x80 == 0 {
+                    break;
+                }
+            }
+            if buffer.len() < 2 || buffer[at - 1] & 0x80 != 0 || buffer.len() < at + length {
+                break;
+            }
+            let packet: Vec<u8> = buffer.drain(..at + length).collect();
+            if packet[0] & 0xf0 == 0x30 {
+                let body = &packet[at..];
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let mut rest = &body[2 + topic_len..];
+                if packet[0] & 0x06 != 0 {
+                    acks.extend([0x40, 2, rest[0], rest[1]]);
+                    rest = &rest[2..];
+                }
+                seen.insert(String::from_utf8_lossy(&rest[..8]).into_owned());
+            }
+        }
+        device.write_all(&acks).await.unwrap();
+    }
+    let published = common::metric(
+        &server,
+        "tributary_kafka_source_published_total{source=\"slow\"}",
+    )
+    .await;
+    assert_eq!(
+        seen.len(),
+        RECORDS,
+        "every record reached the slow subscriber ({published} published)"
+    );
+    server.shutdown().await;
+}

@@ -49,7 +49,7 @@ use crate::router::{FromRouter, Port};
 use codec::Version;
 pub use connection::Transport;
 use connection::{Connection, Incoming};
-pub use context::{LinkConfig, LinkContext};
+pub use context::{Behind, LinkConfig, LinkContext};
 pub use end::End;
 use gate::Released;
 use inbound::{Inbound, Ticket};
@@ -124,6 +124,8 @@ struct Link {
     expiry: Expiry,
     /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
     disconnect_expiry: Option<u32>,
+    /// Counted among the subscribers behind while the outbox is full.
+    behind: context::Behind,
 }
 
 impl Link {
@@ -177,7 +179,7 @@ impl Link {
             }
             // The device first: an acknowledgement never waits for the router
             // to take the message it acknowledges.
-            if self.conn.flush().await.is_err() {
+            if self.flush_device().await.is_err() {
                 return Box::pin(self.end_after_write_error()).await;
             }
             if self.port.has_pending() && Box::pin(self.port.flush()).await.is_err() {
@@ -225,6 +227,22 @@ impl Link {
         }
     }
 
+    /// Writes out what the device is owed. A device not reading makes this
+    /// wait: meanwhile the connection counts among the subscribers behind
+    /// (it takes nothing from the router either).
+    async fn flush_device(&mut self) -> std::io::Result<()> {
+        use futures::FutureExt as _;
+        let Link { conn, behind, .. } = self;
+        let mut flush = std::pin::pin!(conn.flush());
+        match (&mut flush).now_or_never() {
+            Some(done) => done,
+            None => {
+                behind.update(true);
+                flush.await
+            }
+        }
+    }
+
     /// Waits for whatever happens first.
     async fn next_event(
         &mut self,
@@ -235,8 +253,11 @@ impl Link {
         keep_alive_deadline: Option<Instant>,
     ) -> Event {
         // A full outbox leaves the rest with the router until the device
-        // catches up.
+        // catches up (and holds Kafka sources meanwhile).
         let take_from_router = !self.outbound.is_full();
+        // Counted behind from half full: sources stop while there is still
+        // room, so the router never has to hold what the device cannot take.
+        self.behind.update(self.outbound.is_filling());
         tokio::select! {
             () = registration.kicked.cancelled() => Event::End(End::TakenOver),
             () = self.ctx.shutdown.cancelled(), if !draining => Event::Shutdown,

@@ -209,6 +209,11 @@ impl Outbound {
         self.session.outbox.is_full()
     }
 
+    /// Whether the device falls behind (see `Outbox::is_filling`).
+    pub fn is_filling(&self) -> bool {
+        self.session.outbox.is_filling()
+    }
+
     pub fn handle_subscribe(
         &mut self,
         subscribe: Subscribe,
