@@ -282,11 +282,17 @@ mod tests {
     }"#;
 
     fn format(registry: Option<RegistryConfig>) -> AvroFormat {
+        // One file per call: tests run in parallel, and a file rewritten while
+        // another test reads it would read back empty.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("tributary-avro-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("position.avsc");
+        let path = dir.join(format!("position-{call}.avsc"));
         std::fs::write(&path, SCHEMA).unwrap();
-        AvroFormat::load(&path, registry).unwrap()
+        let format = AvroFormat::load(&path, registry).unwrap();
+        let _ = std::fs::remove_file(&path);
+        format
     }
 
     #[test]
