@@ -431,23 +431,12 @@ async fn failures_retrying_cannot_fix_go_to_the_dead_letter_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_records_carry_the_registry_id_and_decode_with_the_registered_schema() {
     use tributary_bridge::testing::{
-        registry_latest_id, registry_schema, require_schema_registry, RegistryStandIn,
-        SCHEMA_REGISTRY_URL_ENV,
+        registry_latest_id, registry_schema, require_schema_registry, schema_registry_credentials,
     };
     let bootstrap = require_kafka();
-    // A real registry when one is given; else the in-test stand-in (no real
-    // one can be assembled here), which also checks basic authentication.
-    let (registry, credentials, _stand_in) = if std::env::var_os(SCHEMA_REGISTRY_URL_ENV).is_some()
-    {
-        (require_schema_registry(), None, None)
-    } else {
-        let stand_in = RegistryStandIn::start(Some(("tributary", "s3cret"))).await;
-        (
-            stand_in.url.clone(),
-            Some(("tributary", "s3cret")),
-            Some(stand_in),
-        )
-    };
+    // The real registry `scripts/test` starts, with basic authentication on.
+    let registry = require_schema_registry();
+    let (username, password) = schema_registry_credentials();
     let topic = unique_topic("tributary-avro");
     create_topic(&bootstrap, &topic, 1).await;
     let dir = common::pki::dir("avro");
@@ -472,8 +461,8 @@ async fn avro_records_carry_the_registry_id_and_decode_with_the_registered_schem
             avro_schema: Some(schema_file.clone()),
             schema_registry: Some(tributary_bridge::avro::RegistryConfig {
                 url: registry.clone(),
-                username: credentials.map(|c| c.0.to_owned()).unwrap_or_default(),
-                password: credentials.map(|c| c.1.to_owned()).unwrap_or_default(),
+                username: username.clone(),
+                password: password.clone(),
                 ca_file: None,
             }),
             ..RouteConfig::default()
@@ -536,8 +525,8 @@ async fn avro_records_carry_the_registry_id_and_decode_with_the_registered_schem
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The stand-in registry behind TLS with a certificate from the test's own
-/// CA: `ca_file` makes Tributary trust it, and without it the registration
+/// The real registry behind TLS with a certificate from the test's own CA
+/// (the registry itself speaks plain HTTP): `ca_file` makes Tributary trust it, and without it the registration
 /// fails (for now: 0x80, never a dead letter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_registry_is_trusted_through_its_ca_file_only() {
@@ -545,14 +534,15 @@ async fn an_https_registry_is_trusted_through_its_ca_file_only() {
 
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tributary_bridge::testing::RegistryStandIn;
+    use tributary_bridge::testing::{require_schema_registry, schema_registry_credentials};
 
     let bootstrap = require_kafka();
+    let registry = require_schema_registry();
+    let (username, password) = schema_registry_credentials();
     let dir = common::pki::dir("registry-tls");
     let ca = common::pki::Ca::new(&dir, "registry-ca");
     let server_cert = ca.server(&dir, "registry");
-    let stand_in = RegistryStandIn::start(None).await;
-    // TLS in front of the stand-in.
+    // TLS in front of the registry.
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -570,7 +560,14 @@ async fn an_https_registry_is_trusted_through_its_ca_file_only() {
         "https://localhost:{}",
         listener.local_addr().unwrap().port()
     );
-    let plain = stand_in.url.trim_start_matches("http://").to_owned();
+    // http://host:port/path → the terminator forwards to host:port, and
+    // Tributary is given https://localhost:<terminator>/path.
+    let (plain, path) = registry
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(authority, path)| (authority.to_owned(), format!("/{path}")))
+        .expect("SCHEMA_REGISTRY_URL is http://host:port/path");
+    let tls_url = format!("{tls_url}{path}");
     let terminator = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (acceptor, plain) = (acceptor.clone(), plain.clone());
@@ -607,8 +604,9 @@ async fn an_https_registry_is_trusted_through_its_ca_file_only() {
             avro_schema: Some(schema_file.clone()),
             schema_registry: Some(tributary_bridge::avro::RegistryConfig {
                 url: tls_url.clone(),
+                username: username.clone(),
+                password: password.clone(),
                 ca_file,
-                ..Default::default()
             }),
             ..RouteConfig::default()
         });
