@@ -609,33 +609,19 @@ impl SourceStarted<'_> {
     }
 }
 
-/// The router dropped a Kafka source's lane: the source stops; what it had
-/// not handed over is read again after a restart.
-pub struct SourceRouterGone<'a> {
-    pub source: &'a str,
-}
-
-impl SourceRouterGone<'_> {
-    pub fn emit(self) {
-        tracing::error!(
-            source = self.source,
-            "the router no longer takes this Kafka source's messages; the source stops"
-        );
-    }
-}
-
-/// The router has not taken a Kafka source's batch yet: its offsets wait.
-pub struct SourceRouterSlow<'a> {
+/// A Kafka source has waited for a subscriber's session to take a message:
+/// its device reads slower than messages come, or is away with a full queue.
+pub struct SourceWaiting<'a> {
     pub source: &'a str,
     pub waited: std::time::Duration,
 }
 
-impl SourceRouterSlow<'_> {
+impl SourceWaiting<'_> {
     pub fn emit(self) {
         tracing::warn!(
             source = self.source,
             waited = ?self.waited,
-            "the router has not taken a Kafka source's batch yet; consumption waits"
+            "a subscriber's session has no room for a Kafka source's message; consumption waits"
         );
     }
 }

@@ -263,17 +263,15 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     // not start.
     let stop_sources = CancellationToken::new();
     let sources = TaskTracker::new();
-    let subscribers_behind = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let directory = Arc::new(link::directory::Directory::default());
     crate::source::start(
         &config.kafka_sources,
         &config.kafka,
-        &router,
+        directory.clone(),
         retained.clone(),
-        subscribers_behind.clone(),
         stop_sources.clone(),
         &sources,
-    )
-    .await?;
+    )?;
     reloadable.push(auth.clone() as Arc<dyn reload::Reload>);
     let context = Arc::new(LinkContext {
         config: config.link_config(),
@@ -287,7 +285,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         retained,
         shares: Arc::default(),
         auth,
-        subscribers_behind,
+        directory,
     });
 
     // One connection limit across every listener.

@@ -1,114 +1,90 @@
-//! Kafka -> MQTT: publishes what each `[[kafka_sources]]` consumer reads into
-//! the embedded router, as a will is published (an [`Origin`] carries QoS,
-//! retain and arrival through the router; retained messages are the
-//! gateway's), on a lane of the source's own.
+//! Kafka -> MQTT: delivers what each `[[kafka_sources]]` consumer reads
+//! straight into the sessions subscribed to it (see `link::directory`), as
+//! the router would forward a device's publish: an [`Origin`] carries QoS,
+//! retain and arrival, and each session decides delivery by the MQTT rules.
+//! Retained messages are stored first (the gateway keeps them itself).
 //!
 //! **At least once.** A batch's offsets are handed back to the consumer for
-//! commit only once [`Lane::taken`] says the router took every message of
-//! it. What that guarantees: the router has appended each message to the log
-//! of every filter it matches and forwards it from there to every link
-//! subscribed to one: connected subscribers, and the persistent sessions
-//! whose devices are away (a stored session keeps its router link while it
-//! has subscriptions, and a task of its own queues what comes into the
-//! session's outbox). What it does not: those logs, sessions and outboxes
-//! are in memory, so a record committed is not kept across a crash or a
-//! restart of Tributary; a stored session queues at most
-//! `outbox::MAX_QUEUED` messages while its device is away (beyond that its
-//! QoS 1/2 messages are dropped and counted, as for any publisher); and a
-//! filter's log holds `SEGMENT_SIZE * SEGMENT_COUNT` bytes, so a subscriber
-//! that falls further behind than that misses messages, as it would from
-//! devices.
+//! commit only once every message of it is in every session that subscribes
+//! to its topic (one member of each shared subscription): queued for the
+//! device, or waiting in the session's bounded mailbox, whose device is
+//! connected or away (a persistent session gets it on reconnect). A session
+//! takes from its mailbox only while its outbox has room, so nothing a
+//! source delivers is dropped for want of room: the source waits instead.
+//! What is not covered: sessions live in memory, so a message committed is
+//! not kept across a crash or restart of Tributary; a session that ends
+//! (clean, expired, or its subscription gone) before its device got a
+//! message is owed nothing more, as MQTT says.
 //!
-//! **Backpressure.** While the router is behind on the lane, `send_paced`
-//! waits and nothing more is read from Kafka; nothing is ever dropped here.
+//! **Backpressure.** While a subscriber's mailbox is full (its device reads
+//! slower than commands come, or is away with a full queue), the source
+//! waits, and nothing more is read from Kafka. A persistent session whose
+//! device never returns holds its sources until the session expires.
 //!
-//! **No loop.** Messages from Kafka go into the router only, never through
-//! the routes (`Forwarder`): a route matching their topic does not write
-//! them back to Kafka.
+//! **No loop.** Messages from Kafka go to sessions only, never through the
+//! routes (`Forwarder`): a route matching their topic does not write them
+//! back to Kafka; nor do they reach the router.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttd::protocol::{Packet, Publish, PublishProperties};
+use rumqttd::protocol::{Publish, PublishProperties};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tributary_bridge::source::{Source, SourceConfig, SourceMessage, MAX_BATCH};
 use tributary_bridge::KafkaConfig;
 
 use crate::events;
+use crate::link::directory::{Directory, Letter, Recipients};
 use crate::link::origin::Origin;
 use crate::link::retained::{Retained, RetainedMessage};
-use crate::router::{EmbeddedRouter, Lane, RESERVED_CLIENT_PREFIX};
+use crate::router::RESERVED_CLIENT_PREFIX;
 
-/// How long one wait for the router to take a batch lasts before it is
-/// logged and waited for again.
-const TAKEN_WAIT: Duration = Duration::from_secs(5);
-/// How often a source held by subscribers behind looks again.
-const BEHIND_RECHECK: Duration = Duration::from_millis(5);
-/// What one hand-over to the router carries at most, records and bytes.
-const CHUNK_RECORDS: usize = 64;
-const CHUNK_BYTES: usize = 128 * 1024;
+/// How long one wait for a full mailbox lasts before it is logged and the
+/// recipients looked at again.
+const MAILBOX_WAIT: Duration = Duration::from_secs(5);
 
-/// Waits while any subscriber is behind; false if `stop` came first.
-async fn subscribers_caught_up(behind: &AtomicUsize, stop: &CancellationToken) -> bool {
-    while behind.load(Ordering::Relaxed) > 0 {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return false,
-            () = tokio::time::sleep(BEHIND_RECHECK) => {}
-        }
-    }
-    true
-}
-
-/// Starts one task per source; each stops at `stop`, once its current batch
-/// is handed over and its offsets committed.
-pub async fn start(
+/// Starts one task per source; each stops at `stop`, once its current
+/// message is delivered and its offsets committed.
+pub fn start(
     sources: &[SourceConfig],
     kafka: &KafkaConfig,
-    router: &EmbeddedRouter,
+    directory: Arc<Directory>,
     retained: Arc<Retained>,
-    subscribers_behind: Arc<AtomicUsize>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
     for config in sources {
         let source = Source::start(config, kafka)?;
-        let lane = router
-            .dedicated_lane(&format!("source_{}", config.name))
-            .await
-            .map_err(|error| anyhow::anyhow!("kafka source {}: {error}", config.name))?;
         let publisher = Publisher {
-            lane,
+            directory: directory.clone(),
             retained: retained.clone(),
             client_id: format!("{RESERVED_CLIENT_PREFIX}_source_{}", config.name),
+            turn: 0,
         };
         events::SourceStarted { config }.emit();
-        tasks.spawn(run(
-            source,
-            publisher,
-            subscribers_behind.clone(),
-            stop.clone(),
-        ));
+        tasks.spawn(run(source, publisher, stop.clone()));
     }
     Ok(())
 }
 
-/// Publishes one source's messages into the router.
+/// Delivers one source's messages into the sessions.
 struct Publisher {
-    lane: Lane,
+    directory: Arc<Directory>,
     retained: Arc<Retained>,
     /// The publisher the origin names: a reserved client id no device can
     /// take, so a device's No Local subscription never hides these.
     client_id: String,
+    /// Turns through the members of shared subscriptions.
+    turn: usize,
 }
 
 impl Publisher {
-    /// The router packet of `message` (retained ones are stored first, as
-    /// the gateway keeps retained messages itself).
-    fn packet(&self, message: SourceMessage) -> Packet {
+    /// The letter of `message` (retained ones are stored first, as the
+    /// gateway keeps retained messages itself).
+    fn letter(&self, message: SourceMessage) -> Letter {
         let origin = Origin::now(message.qos, message.retain, &self.client_id);
         let properties = origin.attach(Some(PublishProperties {
             message_expiry_interval: message.expiry,
@@ -124,69 +100,115 @@ impl Publisher {
                 origin,
             });
         }
-        Packet::Publish(Publish::new(topic, message.payload, false), properties)
+        Letter {
+            publish: Publish::new(topic, message.payload, false),
+            properties,
+        }
+    }
+
+    /// Puts `letter` into every recipient's mailbox, waiting while one is
+    /// full; false if `stop` came first (then it is not delivered to all).
+    async fn deliver(&mut self, letter: Letter, source: &str, stop: &CancellationToken) -> bool {
+        let topic = String::from_utf8_lossy(&letter.publish.topic).into_owned();
+        let Recipients { sessions, groups } = self.directory.recipients(&topic);
+        for session in sessions {
+            // An error: the session ended meanwhile, and is owed nothing.
+            if matches!(put(&session, &letter, source, stop).await, Put::Stopped) {
+                return false;
+            }
+        }
+        for members in groups {
+            self.turn = self.turn.wrapping_add(1);
+            if !self.deliver_to_one(&members, &letter, source, stop).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One member of a shared subscription gets `letter`: the first, in
+    /// turn, with room; else the first still there, once it has room.
+    async fn deliver_to_one(
+        &self,
+        members: &[mpsc::Sender<Letter>],
+        letter: &Letter,
+        source: &str,
+        stop: &CancellationToken,
+    ) -> bool {
+        loop {
+            let start = self.turn % members.len().max(1);
+            let mut full = None;
+            for member in members[start..].iter().chain(&members[..start]) {
+                match member.try_send(letter.clone()) {
+                    Ok(()) => return true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        full.get_or_insert(member);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            // Every member gone: the group is owed nothing.
+            let Some(member) = full else { return true };
+            match put(member, letter, source, stop).await {
+                Put::Stopped => return false,
+                Put::Done => return true,
+                // That member left while waiting: try the others again.
+                Put::Gone => {}
+            }
+        }
     }
 }
 
-/// Reads, publishes, hands back: one batch at a time, so a batch's offsets
-/// are stored only after the router took all of it.
-async fn run(
-    mut source: Source,
-    publisher: Publisher,
-    subscribers_behind: Arc<AtomicUsize>,
-    stop: CancellationToken,
-) {
+enum Put {
+    Done,
+    /// The session ended: its mailbox is gone.
+    Gone,
+    Stopped,
+}
+
+/// Puts a copy of `letter` into `mailbox` once it has room.
+async fn put(
+    mailbox: &mpsc::Sender<Letter>,
+    letter: &Letter,
+    source: &str,
+    stop: &CancellationToken,
+) -> Put {
+    let mut waited = Duration::ZERO;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return Put::Stopped,
+            room = tokio::time::timeout(MAILBOX_WAIT, mailbox.reserve()) => match room {
+                Ok(Ok(permit)) => {
+                    permit.send(letter.clone());
+                    return Put::Done;
+                }
+                Ok(Err(_)) => return Put::Gone,
+                Err(_) => {
+                    waited += MAILBOX_WAIT;
+                    events::SourceWaiting { source, waited }.emit();
+                }
+            }
+        }
+    }
+}
+
+/// Reads and delivers, one batch at a time; a batch's offsets are stored
+/// only after all of it is delivered.
+async fn run(mut source: Source, mut publisher: Publisher, stop: CancellationToken) {
     loop {
         let batch = tokio::select! {
             biased;
             () = stop.cancelled() => break,
             batch = source.next_batch(MAX_BATCH) => batch,
         };
-        let mut packets = batch
-            .messages
-            .into_iter()
-            .map(|message| publisher.packet(message))
-            .peekable();
-        // Handed over in small chunks, each only while no subscriber is
-        // behind (its outbox full, or its device not reading): the router's
-        // log for a filter is bounded, and a subscriber it passes by misses
-        // messages. At most one chunk goes in after a subscriber falls behind.
-        while packets.peek().is_some() {
-            if !subscribers_caught_up(&subscribers_behind, &stop).await {
-                // Not handed over: not stored, read again after the restart.
+        let name = source.name().to_owned();
+        for message in batch.messages {
+            let letter = publisher.letter(message);
+            if !publisher.deliver(letter, &name, &stop).await {
+                // Not delivered to all: not stored, read again after the restart.
                 source.close().await;
                 return;
-            }
-            let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
-            let mut bytes = 0;
-            while let Some(packet) =
-                packets.next_if(|_| chunk.len() < CHUNK_RECORDS && bytes < CHUNK_BYTES)
-            {
-                if let Packet::Publish(publish, _) = &packet {
-                    bytes += publish.payload.len() + publish.topic.len();
-                }
-                chunk.push(packet);
-            }
-            if publisher.lane.send_paced(chunk).await.is_err() {
-                // Nothing of this batch is stored: it is read again after a restart.
-                events::SourceRouterGone {
-                    source: source.name(),
-                }
-                .emit();
-                source.close().await;
-                return;
-            }
-            while !publisher.lane.taken(TAKEN_WAIT).await {
-                events::SourceRouterSlow {
-                    source: source.name(),
-                    waited: TAKEN_WAIT,
-                }
-                .emit();
-                if stop.is_cancelled() {
-                    // Not taken: not stored, read again after the restart.
-                    source.close().await;
-                    return;
-                }
             }
         }
         source.handed_over(batch.handoff);

@@ -239,8 +239,12 @@ async fn records_reach_subscribers_on_the_templated_topic_with_their_headers() {
     server.shutdown().await;
 }
 
+/// More commands than a stored session queues (1,000): the source waits
+/// for room instead of the session dropping any, and the device gets every
+/// one on reconnect, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_persistent_session_gets_the_records_on_reconnect() {
+    const COMMANDS: usize = 1_500;
     let bootstrap = require_kafka();
     let topic = unique_topic("source-offline");
     create_topic(&bootstrap, &topic, 1).await;
@@ -255,13 +259,14 @@ async fn an_offline_persistent_session_gets_the_records_on_reconnect() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let producer = producer(&bootstrap);
-    let sent: Vec<String> = (0..20).map(|i| format!("command-{i}")).collect();
-    for payload in &sent {
-        produce(&producer, &topic, Some("dev-7"), payload.as_bytes(), &[]).await;
-    }
+    let sent: Vec<String> = (0..COMMANDS).map(|i| format!("command-{i}")).collect();
+    let sends = sent
+        .iter()
+        .map(|payload| produce(&producer, &topic, Some("dev-7"), payload.as_bytes(), &[]));
+    futures::future::join_all(sends).await;
     let published = "tributary_kafka_source_published_total{source=\"offline\"}";
-    common::eventually(WAIT, "the router took every record", || async {
-        common::metric(&server, published).await >= 20.0
+    common::eventually(WAIT, "the session's queue filled", || async {
+        common::metric(&server, published).await >= 1_000.0
     })
     .await;
 
@@ -279,6 +284,15 @@ async fn an_offline_persistent_session_gets_the_records_on_reconnect() {
         .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
         .collect();
     assert_eq!(payloads, sent, "all of them, in order");
+    assert_eq!(
+        common::metric(
+            &server,
+            "tributary_mqtt_deliveries_skipped_total{reason=\"session_queue_full\"}"
+        )
+        .await,
+        0.0,
+        "none dropped for want of room"
+    );
     server.shutdown().await;
 }
 
@@ -396,15 +410,10 @@ async fn a_record_without_a_key_is_skipped_and_the_next_ones_arrive() {
 }
 
 /// A subscriber whose device stops reading while a large backlog is consumed
-/// at full speed: the source waits while a subscriber is behind, instead of
-/// letting the router's bounded log pass it by. Before that wait it lost
-/// 2,312–3,271 of these 6,000 records; with it, all 6,000 arrived in 10 of
-/// 11 runs and 5,820 in the other (with other tests loading the 2 cores):
-/// the wait is advisory (a connection says it is behind when its
-/// loop turns), not yet the guarantee issue 12 asks for. Run on its own with
-/// `--ignored`; the note of the stop that wrote it says what would close it.
+/// at full speed: the source waits for room in its session instead of
+/// anything passing it by. (Through the router's bounded logs, this lost
+/// 2,312–3,271 of these 6,000 records.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measures the slow-subscriber gap of Kafka sources, which is narrowed, not closed"]
 async fn a_subscriber_that_stops_reading_loses_nothing_of_a_full_speed_backlog() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const RECORDS: usize = 6_000;

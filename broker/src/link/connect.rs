@@ -399,7 +399,6 @@ pub(super) async fn open(
     let awaiting_pubrel = std::mem::take(&mut session.awaiting_pubrel);
     let port = Port::new(ctx.router.clone(), registration.generation(), router);
     let mut link = Link {
-        behind: super::Behind::new(ctx.subscribers_behind.clone()),
         client_id: connect.client_id.clone(),
         identity,
         // [MQTT-3.1.2-24]: one and a half times the interval.

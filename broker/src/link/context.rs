@@ -59,44 +59,7 @@ pub struct LinkContext {
     pub shares: Arc<shares::Shares>,
     /// Authentication at CONNECT, and the ACL behind each identity.
     pub auth: Arc<crate::auth::Authenticator>,
-    /// Connections whose outbox is full (their device reads slower than
-    /// messages come): Kafka sources wait while any is, so the router's
-    /// bounded logs never outrun a subscriber with what they publish.
-    pub subscribers_behind: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// One connection's share of [`LinkContext::subscribers_behind`]: counted
-/// while its outbox is full, and given back when it drains or the
-/// connection ends (whatever the path: on drop).
-pub struct Behind {
-    count: Arc<std::sync::atomic::AtomicUsize>,
-    counted: bool,
-}
-
-impl Behind {
-    pub fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> Behind {
-        Behind {
-            count,
-            counted: false,
-        }
-    }
-
-    /// Follows the outbox: `full` now or not.
-    pub fn update(&mut self, full: bool) {
-        use std::sync::atomic::Ordering;
-        if full != self.counted {
-            if full {
-                self.count.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.count.fetch_sub(1, Ordering::Relaxed);
-            }
-            self.counted = full;
-        }
-    }
-}
-
-impl Drop for Behind {
-    fn drop(&mut self) {
-        self.update(false);
-    }
+    /// Sessions with subscriptions and their mailboxes, through which Kafka
+    /// sources deliver.
+    pub directory: Arc<super::directory::Directory>,
 }

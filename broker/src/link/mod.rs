@@ -17,6 +17,7 @@ pub mod codec;
 pub mod connect;
 pub mod connection;
 mod context;
+pub mod directory;
 mod end;
 pub mod forward;
 pub mod gate;
@@ -49,7 +50,7 @@ use crate::router::{FromRouter, Port};
 use codec::Version;
 pub use connection::Transport;
 use connection::{Connection, Incoming};
-pub use context::{Behind, LinkConfig, LinkContext};
+pub use context::{LinkConfig, LinkContext};
 pub use end::End;
 use gate::Released;
 use inbound::{Inbound, Ticket};
@@ -101,6 +102,8 @@ enum Event {
     Router(Result<FromRouter, crate::router::RouterGone>),
     /// Another member of a shared subscription handed a message over.
     Handoff(Handoff),
+    /// A Kafka source delivered a message to the session.
+    Letter(directory::Letter),
     /// Something that only needs the loop to turn (a QoS 0 report, the
     /// budget to look at again).
     Turn,
@@ -124,8 +127,6 @@ struct Link {
     expiry: Expiry,
     /// MQTT 5 Session Expiry Interval given in the client's DISCONNECT.
     disconnect_expiry: Option<u32>,
-    /// Counted among the subscribers behind while the outbox is full.
-    behind: context::Behind,
 }
 
 impl Link {
@@ -214,6 +215,10 @@ impl Link {
                         .handle_handoff(handoff, &self.ctx, &mut self.conn);
                     Ok(())
                 }
+                Event::Letter(letter) => {
+                    self.outbound.handle_letter(letter, &mut self.conn);
+                    Ok(())
+                }
                 Event::Turn => self.handle_releases(None),
                 Event::Shutdown => {
                     draining = true;
@@ -228,19 +233,10 @@ impl Link {
     }
 
     /// Writes out what the device is owed. A device not reading makes this
-    /// wait: meanwhile the connection counts among the subscribers behind
-    /// (it takes nothing from the router either).
+    /// wait: meanwhile the connection takes nothing from the router or the
+    /// Kafka sources either.
     async fn flush_device(&mut self) -> std::io::Result<()> {
-        use futures::FutureExt as _;
-        let Link { conn, behind, .. } = self;
-        let mut flush = std::pin::pin!(conn.flush());
-        match (&mut flush).now_or_never() {
-            Some(done) => done,
-            None => {
-                behind.update(true);
-                flush.await
-            }
-        }
+        self.conn.flush().await
     }
 
     /// Waits for whatever happens first.
@@ -252,12 +248,9 @@ impl Link {
         budget_exhausted: bool,
         keep_alive_deadline: Option<Instant>,
     ) -> Event {
-        // A full outbox leaves the rest with the router until the device
-        // catches up (and holds Kafka sources meanwhile).
+        // A full outbox leaves the rest with the router, and with the Kafka
+        // sources, until the device catches up.
         let take_from_router = !self.outbound.is_full();
-        // Counted behind from half full: sources stop while there is still
-        // room, so the router never has to hold what the device cannot take.
-        self.behind.update(self.outbound.is_filling());
         tokio::select! {
             () = registration.kicked.cancelled() => Event::End(End::TakenOver),
             () = self.ctx.shutdown.cancelled(), if !draining => Event::Shutdown,
@@ -265,7 +258,10 @@ impl Link {
                 Some(released) => Event::Released(released),
                 None => Event::Turn,
             },
-            Some(handoff) = self.outbound.next_handoff() => Event::Handoff(handoff),
+            delivered = self.outbound.next_delivered(take_from_router) => match delivered {
+                outbound::Delivered::Handoff(handoff) => Event::Handoff(handoff),
+                outbound::Delivered::Letter(letter) => Event::Letter(letter),
+            },
             // Reading stopped on the shared QoS 0 budget: look again shortly.
             // (The guard must be the very value `can_read` was computed
             // from, or a budget freed in between leaves nothing to wake us;

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::codec::Version;
 use super::connection::Connection;
+use super::directory::{next_letter, Letter};
 use super::outbox::Acked;
 use super::session::Session;
 use super::shares::Handoff;
@@ -43,6 +44,23 @@ pub const OWN_PKID: u16 = 0;
 
 /// A SUBSCRIBE's packet id and the positions of its filters the ACL refused.
 type Refused = (u16, Vec<usize>);
+
+/// A message for the session from elsewhere than the router.
+pub enum Delivered {
+    Handoff(Handoff),
+    Letter(Letter),
+}
+
+/// The next share handed to this connection; pending forever before it
+/// joins a shared subscription.
+async fn next_handoff(
+    handoffs: Option<&mut (UnboundedSender<Handoff>, UnboundedReceiver<Handoff>)>,
+) -> Option<Handoff> {
+    match handoffs {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 pub struct Outbound {
     /// Subscriptions and the outbox: what may outlive this connection.
@@ -77,6 +95,12 @@ impl Outbound {
         if let Some(ack) = self.session.accept(publish, properties.map(|p| *p), true) {
             port.relay(ack);
         }
+        self.settle(conn);
+    }
+
+    /// One message a Kafka source delivered: into the outbox, as a forward.
+    pub fn handle_letter(&mut self, letter: Letter, conn: &mut Connection) {
+        self.session.accept_letter(letter, true);
         self.settle(conn);
     }
 
@@ -209,11 +233,6 @@ impl Outbound {
         self.session.outbox.is_full()
     }
 
-    /// Whether the device falls behind (see `Outbox::is_filling`).
-    pub fn is_filling(&self) -> bool {
-        self.session.outbox.is_filling()
-    }
-
     pub fn handle_subscribe(
         &mut self,
         subscribe: Subscribe,
@@ -287,6 +306,11 @@ impl Outbound {
         if !due.filters.is_empty() {
             self.retained_due.push(due);
         }
+        ctx.directory.update(
+            &self.session.client_id,
+            &self.session.subscriptions,
+            &mut self.session.mailbox,
+        );
         for filter in &subscribe.filters {
             if split_shared(&filter.path).1 {
                 let sender = self.handoff_sender();
@@ -363,6 +387,11 @@ impl Outbound {
             })
             .collect();
         if !existing.is_empty() {
+            ctx.directory.update(
+                &self.session.client_id,
+                &self.session.subscriptions,
+                &mut self.session.mailbox,
+            );
             port.relay(Packet::Unsubscribe(
                 Unsubscribe {
                     pkid: unsubscribe.pkid,
@@ -407,12 +436,17 @@ impl Outbound {
             .clone()
     }
 
-    /// The next share handed to this connection; pending forever before it
-    /// joins a shared subscription.
-    pub async fn next_handoff(&mut self) -> Option<Handoff> {
-        match &mut self.handoffs {
-            Some((_, rx)) => rx.recv().await,
-            None => std::future::pending().await,
+    /// The next message for this session from elsewhere than the router: a
+    /// share another member handed over, or, when `letters` (the outbox has
+    /// room), what a Kafka source delivered.
+    pub async fn next_delivered(&mut self, letters: bool) -> Delivered {
+        let Outbound {
+            handoffs, session, ..
+        } = self;
+        tokio::select! {
+            Some(handoff) = next_handoff(handoffs.as_mut()) => Delivered::Handoff(handoff),
+            letter = next_letter(session.mailbox.as_mut()), if letters => Delivered::Letter(letter),
+            else => std::future::pending().await,
         }
     }
 

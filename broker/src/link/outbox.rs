@@ -177,12 +177,6 @@ impl Outbox {
         self.queued.len() >= MAX_QUEUED
     }
 
-    /// Half full or more: the device reads slower than messages come, and
-    /// what may still come is held back at the source while there is room.
-    pub fn is_filling(&self) -> bool {
-        self.queued.len() >= MAX_QUEUED / 2
-    }
-
     pub fn is_empty(&self) -> bool {
         self.queued.is_empty() && self.in_flight.is_empty()
     }

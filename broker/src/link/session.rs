@@ -18,6 +18,7 @@ use rumqttd::protocol::{
 };
 
 use super::codec::{next_frame, Frame, PublishMeta, Version};
+use super::directory::{Letter, Mailbox};
 use super::origin::{unix_ms, Origin};
 use super::outbox::{reencode, Outbox, Queued, Share};
 use super::retained::RetainedMessage;
@@ -38,6 +39,9 @@ pub struct Session {
     /// QoS 2 packet ids from the device, PUBREC'd (so in Kafka) and awaiting
     /// PUBREL: a PUBREL after a reconnect still completes [MQTT-4.3.3].
     pub awaiting_pubrel: HashSet<u16>,
+    /// What Kafka sources deliver to it directly (see `directory`); there
+    /// while it has subscriptions.
+    pub mailbox: Option<Mailbox>,
     copies: Copies,
 }
 
@@ -85,6 +89,7 @@ impl Session {
             outbox: Outbox::default(),
             client_max_packet_size: usize::MAX,
             awaiting_pubrel: HashSet::new(),
+            mailbox: None,
             copies: Copies::default(),
         }
     }
@@ -103,6 +108,23 @@ impl Session {
         publish: Publish,
         properties: Option<PublishProperties>,
         connected: bool,
+    ) -> Option<Packet> {
+        self.decide(publish, properties, connected, true)
+    }
+
+    /// Takes one message a Kafka source delivered to this session directly:
+    /// decided as the router's are, but it comes once, whatever the number
+    /// of subscriptions it matches. The caller made sure the outbox has room.
+    pub fn accept_letter(&mut self, letter: Letter, connected: bool) {
+        let _ = self.decide(letter.publish, letter.properties, connected, false);
+    }
+
+    fn decide(
+        &mut self,
+        publish: Publish,
+        properties: Option<PublishProperties>,
+        connected: bool,
+        one_copy_per_subscription: bool,
     ) -> Option<Packet> {
         let mut properties = properties;
         let origin = Origin::detach(&mut properties);
@@ -164,7 +186,7 @@ impl Session {
             events::DeliveryDenied.emit();
             return router_ack;
         }
-        if share.is_none() && subscriptions.len() > 1 {
+        if one_copy_per_subscription && share.is_none() && subscriptions.len() > 1 {
             if let Some(origin) = &origin {
                 if !self.copies.first_of(origin.id, subscriptions.len()) {
                     // The router sends one copy per matching subscription;

@@ -4,8 +4,10 @@
 //! reaper task ends them all, in deadline order). It keeps its router link
 //! only while it has plain subscriptions: the router then goes on routing to
 //! it, and a task of its own queues the QoS 1/2 messages in the session's
-//! outbox. Without them nothing of it is left in the router. An expired
-//! session is gone entirely, and its memory returns.
+//! outbox. Without them nothing of it is left in the router. The same task
+//! takes what Kafka sources deliver to the session's mailbox, while its
+//! outbox has room. An expired session is gone entirely, and its memory
+//! returns.
 //!
 //! Kept behind this small interface (park, take, expiry) so that it can later
 //! be backed by a compacted Kafka topic for several nodes.
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::codec::Version;
+use super::directory::{next_letter, Letter};
 use super::registry::shrink;
 use super::session::Session;
 use crate::auth::Identity;
@@ -58,8 +61,8 @@ enum Keeper {
     /// No subscriptions, nothing owed: only that the session exists (for
     /// Session Present) is kept. Most devices that only publish are this.
     Empty(Version),
-    /// A task queues what the router sends it; cancelling `take` hands the
-    /// session back.
+    /// A task queues what the router sends it and what Kafka sources
+    /// deliver; cancelling `take` hands the session back.
     Routing {
         take: CancellationToken,
         task: JoinHandle<Parked>,
@@ -105,13 +108,13 @@ impl SessionStore {
                 .insert((client_id.clone(), generation), after.min(MAX_TIMER))
         });
         let keeper = match parked.router {
-            Some(_) => {
+            _ if parked.router.is_some() || parked.session.mailbox.is_some() => {
                 let take = CancellationToken::new();
                 let task = tokio::spawn(route(parked, take.clone()));
                 Keeper::Routing { take, task }
             }
-            None if parked.session.is_empty() => Keeper::Empty(parked.session.version),
-            None => Keeper::Waiting(Box::new(parked)),
+            _ if parked.session.is_empty() => Keeper::Empty(parked.session.version),
+            _ => Keeper::Waiting(Box::new(parked)),
         };
         let stored = Stored {
             generation,
@@ -244,23 +247,41 @@ impl Keeper {
 /// A stored session's router side: queues what the router sends it until the
 /// session is taken back or ends.
 async fn route(mut parked: Parked, take: CancellationToken) -> Parked {
+    /// What a stored session heard.
+    enum Heard {
+        Router(Result<FromRouter, RouterGone>),
+        Letter(Letter),
+    }
     loop {
-        let Some(router) = parked.router.as_mut() else {
-            take.cancelled().await;
-            return parked;
-        };
-        let said = tokio::select! {
+        // Letters from Kafka sources only while the outbox has room: the
+        // rest waits with the source, never dropped.
+        let room = !parked.session.outbox.is_full();
+        let Parked { session, router } = &mut parked;
+        let heard = tokio::select! {
             () = take.cancelled() => return parked,
-            said = router.next() => said,
+            said = next_from(router.as_mut()) => Heard::Router(said),
+            letter = next_letter(session.mailbox.as_mut()), if room => Heard::Letter(letter),
         };
-        let handled = match said {
-            Ok(said) => handle_router(&mut parked, said).await,
-            Err(gone) => Err(gone),
+        let handled = match heard {
+            Heard::Router(Ok(said)) => handle_router(&mut parked, said).await,
+            Heard::Router(Err(gone)) => Err(gone),
+            Heard::Letter(letter) => {
+                parked.session.accept_letter(letter, false);
+                Ok(())
+            }
         };
         if let Err(error) = handled {
             tracing::warn!(%error, "a stored session lost its router link");
             parked.router = None;
         }
+    }
+}
+
+/// What the router says next; pending without a router link.
+async fn next_from(router: Option<&mut RouterLink>) -> Result<FromRouter, RouterGone> {
+    match router {
+        Some(router) => router.next().await,
+        None => std::future::pending().await,
     }
 }
 

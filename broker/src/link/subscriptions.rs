@@ -135,6 +135,11 @@ impl Subscriptions {
         })
     }
 
+    /// Every subscription's path as subscribed (`$share/…` included).
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.by_filter.keys().map(String::as_str)
+    }
+
     /// The paths of the shared subscriptions.
     pub fn shared_paths(&self) -> impl Iterator<Item = &str> {
         self.by_filter

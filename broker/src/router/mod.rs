@@ -109,20 +109,6 @@ impl EmbeddedRouter {
         }
     }
 
-    /// A lane of its own for a publisher inside Tributary (a Kafka source),
-    /// so that [`Lane::taken`] speaks of its publishes alone: on a shared
-    /// lane, devices' publishes could keep it from ever looking empty.
-    pub async fn dedicated_lane(&self, name: &str) -> Result<Lane, Box<LinkError>> {
-        let (tx, rx) = self
-            .open(format!("{RESERVED_CLIENT_PREFIX}_{name}"))
-            .await?;
-        tokio::spawn(drain(rx));
-        Ok(Lane {
-            lanes: Arc::from([Mutex::new(tx)]),
-            index: 0,
-        })
-    }
-
     /// Opens a link for a device connection, under a recycled router id.
     pub async fn connect_device(&self) -> Result<RouterLink, Box<LinkError>> {
         let id = {
