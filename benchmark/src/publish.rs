@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Barrier;
 
 use crate::manifest::{ConnectionAccount, Manifest};
-use crate::payload::Stamp;
+use crate::payload::{PayloadFormat, Stamp};
 use crate::progress::Progress;
 use crate::report::{self, RunResult};
 
@@ -45,6 +45,10 @@ pub struct PublishArgs {
     /// Payload bytes (at least 24: the stamp).
     #[arg(long, default_value_t = 64)]
     pub payload_size: usize,
+    /// How the stamp is written: `binary`, or `json` for routes whose
+    /// format needs a JSON payload (`avro`, an embedded `json_envelope`).
+    #[arg(long, value_enum, default_value_t = PayloadFormat::Binary)]
+    pub payload_format: PayloadFormat,
     /// Messages in total, split evenly over connections.
     #[arg(long, default_value_t = 10_000)]
     pub messages: u64,
@@ -443,7 +447,8 @@ async fn run_connection(
                 }
             },
             _ = tick(&mut ticker), if room && !publishing_done => {
-                let payload = Stamp { run_id, connection, seq: next_seq }.payload(args.payload_size);
+                let payload = Stamp { run_id, connection, seq: next_seq }
+                    .encode(args.payload_format, args.payload_size);
                 tracker.queued.push_back(next_seq);
                 next_seq += 1;
                 client.publish(&topic, args.qos, payload).await?;

@@ -44,7 +44,30 @@ pub struct SuiteArgs {
     /// First of the loopback ports used (MQTT, HTTP, Mosquitto).
     #[arg(long, default_value_t = 21883)]
     pub base_port: u16,
+    /// Only the route formats' comparison, not the matrix.
+    #[arg(long)]
+    pub formats_only: bool,
 }
+
+/// Route formats compared (routed QoS 1, JSON payload): label, the route's
+/// settings (`{schema}` is the Avro schema file's path).
+pub const FORMATS: [(&str, &str); 4] = [
+    ("raw", "format = \"raw\"\n"),
+    ("json_envelope", "format = \"json_envelope\"\n"),
+    (
+        "json_envelope (payload = json, 3 fields)",
+        "format = \"json_envelope\"\n\
+         envelope = { payload = \"json\", fields = [\"client_id\", \"qos\", \"timestamp\"] }\n",
+    ),
+    ("avro", "format = \"avro\"\navro_schema = \"{schema}\"\n"),
+];
+/// The formats comparison's scenario: QoS 1, a JSON stamp of this size.
+pub const FORMAT_SCENARIO: Scenario = Scenario {
+    qos: 1,
+    payload: 128,
+    connections: 16,
+    inflight: MATRIX_INFLIGHT,
+};
 
 /// One cell of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +133,13 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let scenarios = scenarios();
+    let scenarios = if args.formats_only {
+        Vec::new()
+    } else {
+        scenarios()
+    };
     let routed_topic = |i: usize| format!("bench-{stamp}-r{i}");
+    let format_topic = |i: usize| format!("bench-{stamp}-f{i}");
 
     let mqtt_port = args.base_port;
     let http_port = args.base_port + 1;
@@ -119,16 +147,25 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let work = std::env::temp_dir().join(format!("tributary-suite-{stamp}"));
     std::fs::create_dir_all(&work)?;
     let config = work.join("tributary.toml");
-    std::fs::write(
-        &config,
-        tributary_config(
-            mqtt_port,
-            http_port,
-            &args.bootstrap,
-            scenarios.len(),
-            routed_topic,
-        ),
-    )?;
+    let schema = work.join("stamp.avsc");
+    std::fs::write(&schema, crate::payload::AVRO_SCHEMA)?;
+    let mut text = tributary_config(
+        mqtt_port,
+        http_port,
+        &args.bootstrap,
+        scenarios.len(),
+        routed_topic,
+    );
+    for (i, (_, settings)) in FORMATS.iter().enumerate() {
+        let _ = write!(
+            text,
+            "[[routes]]\nname = \"f{i}\"\nmqtt_filters = [\"bench/f{i}/#\"]\n\
+             kafka_topic = \"{}\"\nkey = \"client_id\"\n{}",
+            format_topic(i),
+            settings.replace("{schema}", &schema.display().to_string())
+        );
+    }
+    std::fs::write(&config, text)?;
     let tributary = Server::start(
         "tributary",
         Command::new(&args.tributary_bin)
@@ -142,15 +179,22 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
         &mosquitto_config,
         format!("listener {mosquitto_port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n"),
     )?;
-    let mosquitto = Server::start(
-        "mosquitto",
-        Command::new(&args.mosquitto_bin)
-            .arg("-c")
-            .arg(&mosquitto_config),
-        mosquitto_port,
-    )
-    .await
-    .context("starting Mosquitto (apt-get install mosquitto)")?;
+    // The formats' comparison alone needs no Mosquitto.
+    let mosquitto = if args.formats_only {
+        None
+    } else {
+        Some(
+            Server::start(
+                "mosquitto",
+                Command::new(&args.mosquitto_bin)
+                    .arg("-c")
+                    .arg(&mosquitto_config),
+                mosquitto_port,
+            )
+            .await
+            .context("starting Mosquitto (apt-get install mosquitto)")?,
+        )
+    };
 
     let mut rows = Vec::new();
     let mut missing_total = 0;
@@ -159,7 +203,10 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
             let (server, port, topic) = match target {
                 Target::Routed => (&tributary, mqtt_port, format!("bench/r{i}/{{conn}}")),
                 Target::Unrouted => (&tributary, mqtt_port, "bench/u/{conn}".to_owned()),
-                Target::Mosquitto => (&mosquitto, mosquitto_port, "bench/u/{conn}".to_owned()),
+                Target::Mosquitto => match &mosquitto {
+                    Some(mosquitto) => (mosquitto, mosquitto_port, "bench/u/{conn}".to_owned()),
+                    None => continue,
+                },
                 Target::Direct => unreachable!(),
             };
             let publish_args = PublishArgs {
@@ -175,6 +222,7 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
                 topic,
                 protocol: 4,
                 run_id: None,
+                payload_format: crate::payload::PayloadFormat::Binary,
                 client_prefix: format!("suite{i}{}", target.short()),
                 json_out: None,
                 manifest_out: None,
@@ -204,7 +252,57 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
+    let mut format_rows = Vec::new();
+    for (i, (label, _)) in FORMATS.iter().enumerate() {
+        let scenario = FORMAT_SCENARIO;
+        let publish_args = PublishArgs {
+            host: "127.0.0.1".into(),
+            port: mqtt_port,
+            connections: scenario.connections,
+            inflight: scenario.inflight,
+            qos: scenario.qos,
+            payload_size: scenario.payload,
+            payload_format: crate::payload::PayloadFormat::Json,
+            messages: 0,
+            duration_secs: Some(seconds),
+            rate: None,
+            topic: format!("bench/f{i}/{{conn}}"),
+            protocol: 4,
+            run_id: None,
+            client_prefix: format!("suitef{i}"),
+            json_out: None,
+            manifest_out: None,
+            quiet: true,
+        };
+        let sampler = tributary.sample();
+        let (result, manifest) = publish::run(&publish_args).await?;
+        let usage = sampler.stop().await;
+        let bootstrap = args.bootstrap.clone();
+        let topics = vec![format_topic(i)];
+        let checked = tokio::task::spawn_blocking(move || {
+            verify::verify(&bootstrap, &topics, &manifest, Duration::from_secs(60))
+        })
+        .await??;
+        missing_total += checked.missing;
+        eprintln!(
+            "{}  format {label}",
+            progress_line(Target::Routed, &scenario, &result)
+        );
+        format_rows.push((
+            *label,
+            Row {
+                target: Target::Routed,
+                scenario,
+                result,
+                usage: Some(usage),
+                verdict: Some(checked),
+            },
+        ));
+    }
     for payload in PAYLOADS {
+        if args.formats_only {
+            break;
+        }
         for connections in CONNECTIONS {
             let scenario = Scenario {
                 qos: 1,
@@ -237,13 +335,22 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
         }
     }
     tributary.stop().await;
-    mosquitto.stop().await;
+    if let Some(mosquitto) = mosquitto {
+        mosquitto.stop().await;
+    }
 
     std::fs::create_dir_all(&args.out_dir)?;
-    let markdown = suite_report::markdown(&rows, &args.name, seconds, &machine());
+    let mut markdown = if args.formats_only {
+        format!("# Route formats: {}\n", args.name)
+    } else {
+        suite_report::markdown(&rows, &args.name, seconds, &machine())
+    };
+    markdown.push_str(&suite_report::formats_markdown(&format_rows, seconds));
     let path = args.out_dir.join(format!("{}.md", args.name));
     std::fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
-    suite_report::charts(&rows, &args.out_dir, &args.name)?;
+    if !args.formats_only {
+        suite_report::charts(&rows, &args.out_dir, &args.name)?;
+    }
     println!("wrote {}", path.display());
     let _ = std::fs::remove_dir_all(&work);
     Ok(if missing_total > 0 {

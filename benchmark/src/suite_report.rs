@@ -474,3 +474,64 @@ fn bars(
     root.present()?;
     Ok(())
 }
+
+/// The route formats' comparison: what each format costs per message next
+/// to `raw`, same load, same JSON payload.
+pub fn formats_markdown(rows: &[(&str, Row)], seconds: f64) -> String {
+    let mut out = String::new();
+    let Some((_, first)) = rows.first() else {
+        return out;
+    };
+    let s = first.scenario;
+    let _ = writeln!(
+        out,
+        "\n## Route formats: cost per message\n\nRouted, QoS {}, a {} B JSON payload, {} connections × {} in flight, \
+         {seconds:.0} s each, same server; Avro without a registry (a registry is asked once per \
+         schema, not per record). Every acknowledged message is looked for in Kafka and read back \
+         through its format.\n",
+        s.qos, s.payload, s.connections, s.inflight
+    );
+    let _ = writeln!(
+        out,
+        "| format | msg/s | p50 | p99 | CPU µs/msg | vs raw CPU | record size | Kafka check |\n|---|---|---|---|---|---|---|---|"
+    );
+    let raw = rows[0].1.cpu_us_per_message();
+    for (label, row) in rows {
+        let cpu = row.cpu_us_per_message();
+        let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+        let check = row.verdict.as_ref().map_or("—".into(), |v| {
+            if v.missing == 0 {
+                format!("{} found, 0 missing", v.found)
+            } else {
+                format!("**{} missing**", v.missing)
+            }
+        });
+        let _ = writeln!(
+            out,
+            "| {label} | {:.0} | {} | {} | {} | {} | {} | {check} |",
+            row.result.msgs_per_sec,
+            row.result.latency_us.map_or("—".into(), |p| ms(p.p50)),
+            row.result.latency_us.map_or("—".into(), |p| ms(p.p99)),
+            cpu.map_or("—".into(), |c| format!("{c:.1}")),
+            match (cpu, raw) {
+                (Some(c), Some(r)) if r > 0.0 => format!("{:.2}×", c / r),
+                _ => "—".into(),
+            },
+            record_size(label, s.payload),
+        );
+    }
+    out
+}
+
+/// What a record of each format weighs for a JSON payload of `payload` bytes.
+fn record_size(label: &str, payload: usize) -> String {
+    if label.starts_with("avro") {
+        "Avro datum".into()
+    } else if label.contains("payload = json") {
+        format!("{payload} B + envelope")
+    } else if label.starts_with("json_envelope") {
+        format!("{} B + envelope", payload.div_ceil(3) * 4)
+    } else {
+        format!("{payload} B")
+    }
+}

@@ -175,7 +175,7 @@ fn verify_with_progress(
                 else {
                     continue;
                 };
-                if let Some(stamp) = message.payload().and_then(Stamp::read) {
+                if let Some(stamp) = message.payload().and_then(Stamp::read_any) {
                     if tally.see(i, stamp) {
                         if let Some(progress) = progress {
                             progress.add(1);

@@ -146,7 +146,7 @@ pub(super) async fn run(
                 connection,
                 seq,
             }
-            .payload(args.payload_size);
+            .encode(args.payload_format, args.payload_size);
             put_publish(&mut out, topic, 0, &payload, args.protocol);
         }
         stream.write_all(&out).await?;
@@ -159,7 +159,7 @@ pub(super) async fn run(
         connection,
         seq: u64::MAX,
     }
-    .payload(args.payload_size);
+    .encode(args.payload_format, args.payload_size);
     put_publish(&mut out, topic, 1, &fence, args.protocol);
     stream.write_all(&out).await?;
     tokio::time::timeout(super::DRAIN_TIMEOUT, expect(&mut stream, &mut buf, 4))
