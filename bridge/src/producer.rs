@@ -288,12 +288,13 @@ impl Producer {
             match inner.send_result(future_record) {
                 Ok(delivery) => {
                     return Ok(PendingDelivery {
-                        delivery,
-                        _outstanding: Outstanding::count(&self.outstanding),
+                        delivery: Some(delivery),
+                        _outstanding: Some(Outstanding::count(&self.outstanding)),
                         health: self.health.clone(),
                         route: record.route,
                         metrics: record.metrics,
                         started,
+                        state: State::Waited,
                     });
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -386,21 +387,61 @@ impl Drop for Outstanding {
 /// A queued record's delivery report, still to come.
 #[must_use = "a delivery that is not awaited tells nobody whether the record is in Kafka"]
 pub struct PendingDelivery {
-    delivery: DeliveryFuture,
-    _outstanding: Outstanding,
+    /// Taken by the task a detached delivery moves to.
+    delivery: Option<DeliveryFuture>,
+    _outstanding: Option<Outstanding>,
     /// Told of every positive report: one ends an outage as surely as a metadata
     /// fetch does, and sooner when records are flowing.
     health: KafkaHealth,
     route: std::sync::Arc<str>,
     metrics: crate::events::RouteMetrics,
     started: Instant,
+    state: State,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Somebody waits for the report.
+    Waited,
+    /// Nobody does any more (a QoS 0 publisher gone, say): a task of its own
+    /// takes the report, so the metrics and Kafka's health still hear it.
+    Detached,
+    Reported,
+}
+
+impl Drop for PendingDelivery {
+    fn drop(&mut self) {
+        if self.state != State::Waited {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let detached = PendingDelivery {
+            delivery: self.delivery.take(),
+            _outstanding: self._outstanding.take(),
+            health: self.health.clone(),
+            route: self.route.clone(),
+            metrics: self.metrics.clone(),
+            started: self.started,
+            // Dropped unreported in its turn (the runtime shutting down), it
+            // is not passed on again.
+            state: State::Detached,
+        };
+        runtime.spawn(async move {
+            let _ = detached.await;
+        });
+    }
 }
 
 impl Future for PendingDelivery {
     type Output = Result<Delivered, DeliveryError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let report = match Pin::new(&mut self.delivery).poll(cx) {
+        let Some(delivery) = self.delivery.as_mut() else {
+            return Poll::Ready(Err(DeliveryError::Canceled));
+        };
+        let report = match Pin::new(delivery).poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(report) => report,
         };
@@ -414,6 +455,7 @@ impl Future for PendingDelivery {
             )),
             Err(_canceled) => Err(DeliveryError::Canceled),
         };
+        self.state = State::Reported;
         match &result {
             Ok(_) => {
                 self.health.delivered();

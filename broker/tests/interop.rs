@@ -107,3 +107,36 @@ async fn mosquitto_pub_and_sub_work_in_both_protocol_versions() {
     assert_eq!(seen, expected);
     server.shutdown().await;
 }
+
+/// `mosquitto_pub -q 0` sends, disconnects and exits before Kafka reports on
+/// its record: the record reaches Kafka, and the metrics still count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_publisher_gone_before_the_report_is_still_counted_delivered() {
+    let bootstrap = require_kafka();
+    let topic = unique_topic("tributary-interop-q0");
+    // A route name of its own: the metrics are the test process's, shared
+    // by the servers of other tests.
+    let server = common::start(&bootstrap, &[("fleeting/#", &topic)], |config| {
+        config.routes[0].name = "fleeting".into();
+    })
+    .await;
+    let port = server.mqtt_addr().port();
+    for (i, version) in ["mqttv311", "mqttv5", "mqttv311"].iter().enumerate() {
+        publish(port, version, "0", "fleeting/x", &format!("gone-{i}")).await;
+    }
+    assert_eq!(
+        consume(&bootstrap, &topic, 3, Duration::from_secs(30)).len(),
+        3,
+        "in Kafka"
+    );
+    common::eventually(Duration::from_secs(10), "3 counted delivered", || async {
+        common::metric(
+            &server,
+            "tributary_kafka_delivered_total{route=\"fleeting\"}",
+        )
+        .await
+            == 3.0
+    })
+    .await;
+    server.shutdown().await;
+}
