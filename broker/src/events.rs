@@ -175,6 +175,24 @@ impl ListenerStarted<'_> {
     }
 }
 
+/// A listener on a non-loopback address lets clients in without checking
+/// credentials: said once at start, since it is seldom meant outside a
+/// trusted network.
+pub struct OpenToNetwork<'a> {
+    pub listener: &'a str,
+    pub addr: SocketAddr,
+}
+
+impl OpenToNetwork<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            listener = self.listener,
+            addr = %self.addr,
+            "anyone who reaches this address may connect without credentials: configure [auth] (README, \"Security\")"
+        );
+    }
+}
+
 /// Started with no `[[routes]]`.
 pub struct NoRoutes;
 
