@@ -484,16 +484,13 @@ fn entries<T: DeserializeOwned>(
 
 /// The entries of an array of tables (none when absent). From the file it is
 /// an array already; from the environment (`TRIBUTARY__ROUTES`) it is a
-/// string holding a TOML inline array, read here.
+/// string holding a TOML inline array, read here. Nothing of the value is
+/// repeated in an error: it may hold a password (a schema registry's, SASL's).
 fn table_array(layered: &config::Config, key: &str) -> Result<Vec<Value>, String> {
     let value = match layered.get::<Value>(key) {
         Ok(value) => value,
         Err(config::ConfigError::NotFound(_)) => return Ok(Vec::new()),
         Err(err) => return Err(strip_key_suffix(&err.to_string())),
-    };
-    let text = match value.kind {
-        config::ValueKind::String(ref text) => text.clone(),
-        _ => return value.into_array().map_err(|err| strip_key_suffix(&err.to_string())),
     };
     let variable = format!("{ENV_PREFIX}{ENV_SEPARATOR}{}", key.to_uppercase());
     let example = match key {
@@ -501,16 +498,31 @@ fn table_array(layered: &config::Config, key: &str) -> Result<Vec<Value>, String
         _ => "[{ name = \"…\", … }, { name = \"…\", … }]",
     };
     let wanted = format!(
-        "{variable} must hold a TOML inline array of tables, e.g. {variable}='{example}'"
+        "must be an array of tables: [[{key}]] in the file, or from the environment \
+         {variable} holding a TOML inline array, e.g. {variable}='{example}'"
     );
-    if !TABLE_ARRAYS.contains(&key) || !text.trim_start().starts_with('[') {
-        return Err(format!("{wanted}; got a string that does not start with '['"));
+    let text = match value.kind {
+        config::ValueKind::Array(_) => {
+            return value
+                .into_array()
+                .map_err(|err| strip_key_suffix(&err.to_string()))
+        }
+        config::ValueKind::String(ref text) if TABLE_ARRAYS.contains(&key) => text.clone(),
+        _ => return Err(format!("{wanted}; got a single value or table")),
+    };
+    if !text.trim_start().starts_with('[') {
+        return Err(format!("{wanted}; got a string not starting with '['"));
     }
     config::Config::builder()
         .add_source(File::from_str(&format!("{key} = {text}"), FileFormat::Toml))
         .build()
         .and_then(|parsed| parsed.get::<Vec<Value>>(key))
-        .map_err(|err| format!("{wanted}: {}", strip_key_suffix(&err.to_string())))
+        .map_err(|_| {
+            format!(
+                "{wanted}; {variable} does not read as one (check its brackets, quotes, commas, \
+                 and that each {{ … }} table is on one line)"
+            )
+        })
 }
 
 /// Deserialises `[[routes]]` one entry at a time, so that every entry keeps its
@@ -910,19 +922,27 @@ mod tests {
 
     #[test]
     fn routes_from_the_environment_that_do_not_read_are_named() {
-        for (value, expected) in [
-            ("telemetry", "does not start with '['"),
-            ("[{ name = ", "TRIBUTARY__ROUTES must hold a TOML inline array of tables"),
+        for (name, value, expected) in [
+            ("TRIBUTARY__ROUTES", "telemetry", "got a string not starting with '['"),
+            (
+                "TRIBUTARY__ROUTES",
+                "[{ name = \"secret-looking\" ",
+                "TRIBUTARY__ROUTES does not read as one",
+            ),
+            ("TRIBUTARY__ROUTES__0__NAME", "t", "got a single value or table"),
         ] {
-            let Err(ConfigError::Invalid(problems)) = Config::load_with(
-                &ConfigSource::Defaults,
-                env(&[("TRIBUTARY__ROUTES", value)]),
-            ) else {
-                panic!("expected an invalid config for {value:?}");
+            let Err(ConfigError::Invalid(problems)) =
+                Config::load_with(&ConfigSource::Defaults, env(&[(name, value)]))
+            else {
+                panic!("expected an invalid config for {name}={value:?}");
             };
             let text = problems.to_string();
-            assert!(text.contains("routes: TRIBUTARY__ROUTES must hold"), "{text}");
+            assert!(
+                text.contains("routes: must be an array of tables: [[routes]] in the file, or from the environment TRIBUTARY__ROUTES holding a TOML inline array"),
+                "{text}"
+            );
             assert!(text.contains(expected), "{text}");
+            assert!(!text.contains("secret-looking"), "the value is repeated: {text}");
         }
         // A route read from the environment is checked like one from a file.
         let Err(ConfigError::Invalid(problems)) = Config::load_with(
