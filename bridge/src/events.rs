@@ -170,7 +170,11 @@ enum SpoolRefusal {
 }
 
 impl SpoolRefusal {
-    const ALL: [SpoolRefusal; 3] = [SpoolRefusal::Full, SpoolRefusal::DiskFull, SpoolRefusal::Failed];
+    const ALL: [SpoolRefusal; 3] = [
+        SpoolRefusal::Full,
+        SpoolRefusal::DiskFull,
+        SpoolRefusal::Failed,
+    ];
 
     fn of(error: &crate::spool::SpoolError) -> SpoolRefusal {
         use crate::spool::SpoolError;

@@ -494,7 +494,9 @@ fn table_array(layered: &config::Config, key: &str) -> Result<Vec<Value>, String
     };
     let variable = format!("{ENV_PREFIX}{ENV_SEPARATOR}{}", key.to_uppercase());
     let example = match key {
-        "routes" => "[{ name = \"telemetry\", mqtt_filters = [\"sensors/#\"], kafka_topic = \"sensors\" }]",
+        "routes" => {
+            "[{ name = \"telemetry\", mqtt_filters = [\"sensors/#\"], kafka_topic = \"sensors\" }]"
+        }
         _ => "[{ name = \"…\", … }, { name = \"…\", … }]",
     };
     let wanted = format!(
@@ -923,13 +925,21 @@ mod tests {
     #[test]
     fn routes_from_the_environment_that_do_not_read_are_named() {
         for (name, value, expected) in [
-            ("TRIBUTARY__ROUTES", "telemetry", "got a string not starting with '['"),
+            (
+                "TRIBUTARY__ROUTES",
+                "telemetry",
+                "got a string not starting with '['",
+            ),
             (
                 "TRIBUTARY__ROUTES",
                 "[{ name = \"secret-looking\" ",
                 "TRIBUTARY__ROUTES does not read as one",
             ),
-            ("TRIBUTARY__ROUTES__0__NAME", "t", "got a single value or table"),
+            (
+                "TRIBUTARY__ROUTES__0__NAME",
+                "t",
+                "got a single value or table",
+            ),
         ] {
             let Err(ConfigError::Invalid(problems)) =
                 Config::load_with(&ConfigSource::Defaults, env(&[(name, value)]))
@@ -942,7 +952,10 @@ mod tests {
                 "{text}"
             );
             assert!(text.contains(expected), "{text}");
-            assert!(!text.contains("secret-looking"), "the value is repeated: {text}");
+            assert!(
+                !text.contains("secret-looking"),
+                "the value is repeated: {text}"
+            );
         }
         // A route read from the environment is checked like one from a file.
         let Err(ConfigError::Invalid(problems)) = Config::load_with(

@@ -22,7 +22,11 @@ pub const CONNECTION_LIMIT: &str = "connection_limit";
 /// Gives every broker metric its `# HELP` text and unit. Called once the
 /// recorder is installed (a description given before is lost).
 pub fn describe() {
-    describe_gauge!(CONNECTIONS_CURRENT, Unit::Count, "Device connections open now.");
+    describe_gauge!(
+        CONNECTIONS_CURRENT,
+        Unit::Count,
+        "Device connections open now."
+    );
     describe_counter!(
         CONNECTIONS_ACCEPTED_TOTAL,
         Unit::Count,

@@ -184,7 +184,12 @@ async fn metrics_pass_promtool_and_alerting_series_exist_from_the_start() {
     promtool_accepts(&after);
     every_type_has_help(&after);
     assert!(
-        common::metric(&server, "tributary_kafka_delivered_total{route=\"promtool\"}").await >= 1.0,
+        common::metric(
+            &server,
+            "tributary_kafka_delivered_total{route=\"promtool\"}"
+        )
+        .await
+            >= 1.0,
         "{after}"
     );
     drop(client);
@@ -193,9 +198,10 @@ async fn metrics_pass_promtool_and_alerting_series_exist_from_the_start() {
 
 /// True when `series` (name and labels as rendered) has a sample.
 fn has_series(metrics: &str, series: &str) -> bool {
-    metrics
-        .lines()
-        .any(|line| line.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+    metrics.lines().any(|line| {
+        line.strip_prefix(series)
+            .is_some_and(|rest| rest.starts_with(' '))
+    })
 }
 
 /// Every `# TYPE` line has its `# HELP` line.
