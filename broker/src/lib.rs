@@ -213,11 +213,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         let socket = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding listener {} on {addr}", listener.name))?;
-        let anonymous = listener_config
-            .allow_anonymous
-            .unwrap_or(config.auth.anonymous_allowed())
-            || !config.auth.checks_credentials();
-        if anonymous && !listener_config.require_client_cert && !addr.ip().is_loopback() {
+        if listener_config.takes_anyone(&config.auth) && !addr.ip().is_loopback() {
             events::OpenToNetwork {
                 listener: &listener.name,
                 addr,
