@@ -122,8 +122,8 @@ impl ListenerConfig {
     /// credential: anonymous clients are allowed, or nothing checks the
     /// credentials given; a required client certificate closes it.
     pub fn takes_anyone(&self, auth: &crate::auth::AuthConfig) -> bool {
-        let unchecked = self.allow_anonymous.unwrap_or(auth.anonymous_allowed())
-            || !auth.checks_credentials();
+        let unchecked =
+            self.allow_anonymous.unwrap_or(auth.anonymous_allowed()) || !auth.checks_credentials();
         unchecked && !self.require_client_cert
     }
 
