@@ -6,8 +6,10 @@ use std::time::Duration;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
 use crate::health::Unreachable;
-use crate::producer::DeliveryError;
+use crate::producer::{DeliveryError, DeliveryFailure};
 
 /// Records Kafka confirmed, by `route`.
 pub const KAFKA_DELIVERED_TOTAL: &str = "tributary_kafka_delivered_total";
@@ -48,6 +50,150 @@ pub const SPOOL_TRUNCATED_BYTES_TOTAL: &str = "tributary_spool_truncated_bytes_t
 /// Corrupt ranges found at start and moved aside into `corrupt/`.
 pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "tributary_spool_corrupt_records_total";
 
+/// Gives every bridge metric its `# HELP` text and unit. Called once the
+/// recorder is installed (a description given before is lost).
+pub fn describe() {
+    describe_counter!(
+        KAFKA_DELIVERED_TOTAL,
+        Unit::Count,
+        "Records Kafka acknowledged, by route."
+    );
+    describe_counter!(
+        KAFKA_DELIVERY_FAILURES_TOTAL,
+        Unit::Count,
+        "Records Kafka did not acknowledge, by route and reason (timeout, queue_full, message_too_large, ...)."
+    );
+    describe_histogram!(
+        KAFKA_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Time from handing a record to the producer to Kafka's positive acknowledgement, by route."
+    );
+    describe_counter!(
+        KAFKA_CLIENT_ERRORS_TOTAL,
+        Unit::Count,
+        "Client-level errors librdkafka reported (brokers down, authentication, ...), by reason."
+    );
+    describe_gauge!(
+        KAFKA_QUEUED_RECORDS,
+        Unit::Count,
+        "Records the producer holds, queued or in flight, not yet reported on."
+    );
+    describe_gauge!(
+        KAFKA_UP,
+        "1 while Kafka is reachable; 0 before it first answered and while all brokers are down or metadata requests fail."
+    );
+    describe_gauge!(
+        SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes of the spool's files on disk (0 with the spool off)."
+    );
+    describe_gauge!(
+        SPOOL_RECORDS,
+        Unit::Count,
+        "Records in the spool not yet in Kafka."
+    );
+    describe_gauge!(
+        SPOOL_OLDEST_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest record in the spool not yet in Kafka (0 when there is none)."
+    );
+    describe_counter!(
+        SPOOL_DRAINED_TOTAL,
+        Unit::Count,
+        "Records Kafka acknowledged that the drain removed from the spool; its rate is the drain rate."
+    );
+    describe_counter!(
+        SPOOL_APPENDED_TOTAL,
+        Unit::Count,
+        "Records written to the spool (acknowledged to devices once durable there)."
+    );
+    describe_histogram!(
+        SPOOL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time one group commit's fsync of the spool took."
+    );
+    describe_counter!(
+        SPOOL_REFUSED_TOTAL,
+        Unit::Count,
+        "Batches of records the spool refused, by reason (full: at max_bytes; disk_full; failed: an I/O error)."
+    );
+    describe_counter!(
+        SPOOL_RECOVERED_RECORDS_TOTAL,
+        Unit::Count,
+        "Records found in the spool at start, replayed into Kafka after it."
+    );
+    describe_counter!(
+        SPOOL_TRUNCATED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes of torn tail cut off the spool at start (what a crash mid-write leaves)."
+    );
+    describe_counter!(
+        SPOOL_CORRUPT_RECORDS_TOTAL,
+        Unit::Count,
+        "Corrupt ranges found in the spool at start and moved aside into corrupt/."
+    );
+    describe_counter!(
+        DEAD_LETTERS_TOTAL,
+        Unit::Count,
+        "Publishes written to their route's dead-letter topic, by route and reason."
+    );
+    crate::source::events::describe();
+}
+
+/// Registers the bridge's series that have no route or source label, so
+/// they read 0 from the start (a `rate()` over them works at once, and a
+/// dashboard is not empty). Only handles are taken: a value already there
+/// (another server in the same process) is left as it is.
+pub fn register() {
+    let _ = metrics::gauge!(KAFKA_UP);
+    let _ = metrics::gauge!(KAFKA_QUEUED_RECORDS);
+    let _ = metrics::gauge!(SPOOL_BYTES);
+    let _ = metrics::gauge!(SPOOL_RECORDS);
+    let _ = metrics::gauge!(SPOOL_OLDEST_SECONDS);
+    let _ = metrics::counter!(SPOOL_APPENDED_TOTAL);
+    let _ = metrics::counter!(SPOOL_DRAINED_TOTAL);
+    for reason in SpoolRefusal::ALL {
+        let _ = metrics::counter!(SPOOL_REFUSED_TOTAL, "reason" => reason.label());
+    }
+}
+
+/// Why the spool refused a batch: the `reason` label of
+/// [`SPOOL_REFUSED_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpoolRefusal {
+    /// At `max_bytes` (or a batch larger than it).
+    Full,
+    /// The file system is full.
+    DiskFull,
+    /// Any other I/O error.
+    Failed,
+}
+
+impl SpoolRefusal {
+    const ALL: [SpoolRefusal; 3] = [
+        SpoolRefusal::Full,
+        SpoolRefusal::DiskFull,
+        SpoolRefusal::Failed,
+    ];
+
+    fn of(error: &crate::spool::SpoolError) -> SpoolRefusal {
+        use crate::spool::SpoolError;
+        match error {
+            SpoolError::Full { .. } | SpoolError::BatchTooLarge { .. } => SpoolRefusal::Full,
+            SpoolError::DiskFull { .. } => SpoolRefusal::DiskFull,
+            _ => SpoolRefusal::Failed,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            SpoolRefusal::Full => "full",
+            SpoolRefusal::DiskFull => "disk_full",
+            SpoolRefusal::Failed => "failed",
+        }
+    }
+}
+
 /// Records whose group commit is durable, and how long its fsync took
 /// (`None`: no fsync, the `interval` policy).
 pub struct SpoolAppended {
@@ -71,29 +217,25 @@ pub struct SpoolRefused<'a> {
 
 impl SpoolRefused<'_> {
     pub fn emit(self) {
-        use crate::spool::SpoolError;
-        let reason = match self.error {
-            SpoolError::Full { .. } | SpoolError::BatchTooLarge { .. } => "full",
-            SpoolError::DiskFull { .. } => "disk_full",
-            _ => "failed",
-        };
+        let refusal = SpoolRefusal::of(self.error);
+        let reason = refusal.label();
         metrics::counter!(SPOOL_REFUSED_TOTAL, "reason" => reason).increment(1);
         if let Some(suppressed) = SPOOL_LOG.admit(reason) {
             let error = self.error;
-            match reason {
-                "full" => tracing::warn!(
+            match refusal {
+                SpoolRefusal::Full => tracing::warn!(
                     %error,
                     suppressed,
                     "the spool is full: publishes are refused (MQTT 5: PUBACK 0x97) or left \
                      unacknowledged (3.1.1) until the drain frees space; nothing stored is dropped"
                 ),
-                "disk_full" => tracing::error!(
+                SpoolRefusal::DiskFull => tracing::error!(
                     %error,
                     suppressed,
                     "no space left on the spool's disk: publishes are refused (MQTT 5: PUBACK \
                      0x97) or left unacknowledged (3.1.1) until space is freed"
                 ),
-                _ => tracing::error!(
+                SpoolRefusal::Failed => tracing::error!(
                     %error,
                     suppressed,
                     "the spool cannot store records: publishes are refused"
@@ -196,7 +338,16 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// Also registers the route's delivery failures, one series per reason,
+    /// so each reads 0 before it first happens.
     pub fn register(route: &str) -> RouteMetrics {
+        for failure in DeliveryFailure::ALL {
+            let _ = metrics::counter!(
+                KAFKA_DELIVERY_FAILURES_TOTAL,
+                "route" => route.to_owned(),
+                "reason" => failure.label()
+            );
+        }
         RouteMetrics {
             delivered: metrics::counter!(KAFKA_DELIVERED_TOTAL, "route" => route.to_owned()),
             latency: metrics::histogram!(KAFKA_DELIVERY_SECONDS, "route" => route.to_owned()),
@@ -225,6 +376,20 @@ impl Delivered<'_> {
 
 /// Dead letters written, by `route` and `reason`.
 pub const DEAD_LETTERS_TOTAL: &str = "tributary_dead_letters_total";
+
+/// Registers a route's dead-letter counters, one per reason a publish can
+/// be dead-lettered for (the failures that never succeed later), at 0.
+pub fn register_dead_letters(route: &str) {
+    for failure in DeliveryFailure::ALL {
+        if !failure.is_transient() {
+            let _ = metrics::counter!(
+                DEAD_LETTERS_TOTAL,
+                "route" => route.to_owned(),
+                "reason" => failure.label()
+            );
+        }
+    }
+}
 
 /// A publish that could not go to its route's topic for good is in the
 /// route's dead-letter topic.

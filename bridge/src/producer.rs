@@ -110,6 +110,43 @@ pub enum DeliveryFailure {
 }
 
 impl DeliveryFailure {
+    /// Every kind, in declaration order: the metric label values registered
+    /// at start, so each reads 0 before it first happens.
+    pub const ALL: [DeliveryFailure; 12] = [
+        DeliveryFailure::Timeout,
+        DeliveryFailure::MessageTooLarge,
+        DeliveryFailure::NotAuthorized,
+        DeliveryFailure::UnknownTopic,
+        DeliveryFailure::QueueFull,
+        DeliveryFailure::Canceled,
+        DeliveryFailure::Kafka,
+        DeliveryFailure::SpoolFull,
+        DeliveryFailure::SpoolFailed,
+        DeliveryFailure::InvalidPayload,
+        DeliveryFailure::Unroutable,
+        DeliveryFailure::SchemaRegistry,
+    ];
+
+    /// Its place in [`DeliveryFailure::ALL`]. The match has no wildcard, so
+    /// a new kind does not compile (in tests) until it has a place there too.
+    #[cfg(test)]
+    const fn index(self) -> usize {
+        match self {
+            DeliveryFailure::Timeout => 0,
+            DeliveryFailure::MessageTooLarge => 1,
+            DeliveryFailure::NotAuthorized => 2,
+            DeliveryFailure::UnknownTopic => 3,
+            DeliveryFailure::QueueFull => 4,
+            DeliveryFailure::Canceled => 5,
+            DeliveryFailure::Kafka => 6,
+            DeliveryFailure::SpoolFull => 7,
+            DeliveryFailure::SpoolFailed => 8,
+            DeliveryFailure::InvalidPayload => 9,
+            DeliveryFailure::Unroutable => 10,
+            DeliveryFailure::SchemaRegistry => 11,
+        }
+    }
+
     /// A short, bounded label for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -509,6 +546,16 @@ mod tests {
         .unwrap();
         assert!(always.prompt.is_none());
         assert_eq!(always.pace_for(Pace::Prompt), Pace::Batched);
+    }
+
+    #[test]
+    fn every_failure_kind_is_listed_once() {
+        for (i, failure) in DeliveryFailure::ALL.into_iter().enumerate() {
+            assert_eq!(failure.index(), i, "{failure:?} is out of place in ALL");
+        }
+        let labels: std::collections::HashSet<_> =
+            DeliveryFailure::ALL.map(DeliveryFailure::label).into();
+        assert_eq!(labels.len(), DeliveryFailure::ALL.len());
     }
 
     #[test]

@@ -309,6 +309,9 @@ impl Route {
                 )?))
             }
         };
+        if config.on_failure == OnFailure::DeadLetter {
+            crate::events::register_dead_letters(&config.name);
+        }
         Ok(Route {
             spool: config.spool,
             format,

@@ -25,8 +25,17 @@ pub const DEFAULT_CONFIG_PATH: &str = "conf/tributary.toml";
 /// Prefix of environment overrides: `TRIBUTARY__KAFKA__BOOTSTRAP_SERVERS=…`.
 pub const ENV_PREFIX: &str = "TRIBUTARY";
 pub const ENV_SEPARATOR: &str = "__";
+/// Sections that are arrays of tables (`[[routes]]`…). An environment
+/// variable cannot spell one key by key, so `TRIBUTARY__ROUTES` (and the
+/// others) hold the whole array as a TOML inline array, which replaces the
+/// file's: `[{ name = "t", mqtt_filters = ["s/#"], kafka_topic = "s" }]`.
+const TABLE_ARRAYS: &[&str] = &["listeners", "routes", "kafka_sources"];
 
-pub const DEFAULT_MQTT_LISTEN: &str = "0.0.0.0:1883";
+/// Loopback by default, like Mosquitto 2 without a configuration: the defaults
+/// let anyone connect without credentials, which is only safe on this machine.
+/// Serving a network takes an explicit address (and `[auth]`); the container's
+/// configuration says `0.0.0.0`.
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
@@ -38,7 +47,9 @@ pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 pub const DEFAULT_MAX_KEEP_ALIVE: u16 = u16::MAX;
 /// The largest packet MQTT can frame (remaining length 268,435,455 plus header).
 const MQTT_MAX_PACKET_SIZE: usize = 268_435_460;
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
+/// Loopback by default, like [`DEFAULT_MQTT_LISTEN`]; a Prometheus on another
+/// machine needs `http.listen = "0.0.0.0:9464"`.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_LOG_LEVEL: &str = "info,rumqttd=warn";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 
@@ -458,18 +469,62 @@ fn entries<T: DeserializeOwned>(
     key: &str,
     problems: &mut Problems,
 ) -> Vec<T> {
-    match layered.get::<Vec<Value>>(key) {
+    match table_array(layered, key) {
         Ok(entries) => entries
             .into_iter()
             .enumerate()
             .filter_map(|(i, entry)| deserialize(entry, &format!("{key}[{i}]"), problems))
             .collect(),
-        Err(config::ConfigError::NotFound(_)) => Vec::new(),
-        Err(err) => {
-            problems.push(key, strip_key_suffix(&err.to_string()));
+        Err(problem) => {
+            problems.push(key, problem);
             Vec::new()
         }
     }
+}
+
+/// The entries of an array of tables (none when absent). From the file it is
+/// an array already; from the environment (`TRIBUTARY__ROUTES`) it is a
+/// string holding a TOML inline array, read here. Nothing of the value is
+/// repeated in an error: it may hold a password (a schema registry's, SASL's).
+fn table_array(layered: &config::Config, key: &str) -> Result<Vec<Value>, String> {
+    let value = match layered.get::<Value>(key) {
+        Ok(value) => value,
+        Err(config::ConfigError::NotFound(_)) => return Ok(Vec::new()),
+        Err(err) => return Err(strip_key_suffix(&err.to_string())),
+    };
+    let variable = format!("{ENV_PREFIX}{ENV_SEPARATOR}{}", key.to_uppercase());
+    let example = match key {
+        "routes" => {
+            "[{ name = \"telemetry\", mqtt_filters = [\"sensors/#\"], kafka_topic = \"sensors\" }]"
+        }
+        _ => "[{ name = \"…\", … }, { name = \"…\", … }]",
+    };
+    let wanted = format!(
+        "must be an array of tables: [[{key}]] in the file, or from the environment \
+         {variable} holding a TOML inline array, e.g. {variable}='{example}'"
+    );
+    let text = match value.kind {
+        config::ValueKind::Array(_) => {
+            return value
+                .into_array()
+                .map_err(|err| strip_key_suffix(&err.to_string()))
+        }
+        config::ValueKind::String(ref text) if TABLE_ARRAYS.contains(&key) => text.clone(),
+        _ => return Err(format!("{wanted}; got a single value or table")),
+    };
+    if !text.trim_start().starts_with('[') {
+        return Err(format!("{wanted}; got a string not starting with '['"));
+    }
+    config::Config::builder()
+        .add_source(File::from_str(&format!("{key} = {text}"), FileFormat::Toml))
+        .build()
+        .and_then(|parsed| parsed.get::<Vec<Value>>(key))
+        .map_err(|_| {
+            format!(
+                "{wanted}; {variable} does not read as one (check its brackets, quotes, commas, \
+                 and that each {{ … }} table is on one line)"
+            )
+        })
 }
 
 /// Deserialises `[[routes]]` one entry at a time, so that every entry keeps its
@@ -480,11 +535,10 @@ fn routes(
     problems: &mut Problems,
     unreadable: &mut Vec<String>,
 ) -> Vec<RouteConfig> {
-    let entries = match layered.get::<Vec<Value>>("routes") {
+    let entries = match table_array(layered, "routes") {
         Ok(entries) => entries,
-        Err(config::ConfigError::NotFound(_)) => return Vec::new(),
-        Err(err) => {
-            problems.push("routes", strip_key_suffix(&err.to_string()));
+        Err(problem) => {
+            problems.push("routes", problem);
             return Vec::new();
         }
     };
@@ -822,6 +876,117 @@ mod tests {
             mqtt_topic = "devices/{key}/commands"
             auto_offset_reset = "earliest"
         "##
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Environment {
+        Environment::with_prefix(ENV_PREFIX)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true)
+            .source(Some(
+                vars.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ))
+    }
+
+    #[test]
+    fn routes_come_from_the_environment_as_a_toml_array() {
+        let routes = r#"[{ name = "env", mqtt_filters = ["env/#"], kafka_topic = "from-env", key = "none" },
+                         { name = "two", mqtt_filters = ["two"], kafka_topic = "two" }]"#;
+        let config = Config::load_with(
+            &ConfigSource::Defaults,
+            env(&[("TRIBUTARY__ROUTES", routes)]),
+        )
+        .unwrap();
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes[0].name, "env");
+        assert_eq!(config.routes[0].kafka_topic, "from-env");
+        assert_eq!(config.routes[0].key, tributary_bridge::KeySource::None);
+        assert_eq!(config.routes[1].mqtt_filters, ["two"]);
+
+        // They replace the file's routes.
+        let dir = tempfile_dir("env-routes");
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "[[routes]]\nname = \"file\"\nmqtt_filters = [\"f/#\"]\nkafka_topic = \"f\"\n",
+        )
+        .unwrap();
+        let config = Config::load_with(
+            &ConfigSource::File(path),
+            env(&[("TRIBUTARY__ROUTES", routes)]),
+        )
+        .unwrap();
+        assert_eq!(config.routes[0].name, "env");
+        assert_eq!(config.routes.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn routes_from_the_environment_that_do_not_read_are_named() {
+        for (name, value, expected) in [
+            (
+                "TRIBUTARY__ROUTES",
+                "telemetry",
+                "got a string not starting with '['",
+            ),
+            (
+                "TRIBUTARY__ROUTES",
+                "[{ name = \"secret-looking\" ",
+                "TRIBUTARY__ROUTES does not read as one",
+            ),
+            (
+                "TRIBUTARY__ROUTES__0__NAME",
+                "t",
+                "got a single value or table",
+            ),
+        ] {
+            let Err(ConfigError::Invalid(problems)) =
+                Config::load_with(&ConfigSource::Defaults, env(&[(name, value)]))
+            else {
+                panic!("expected an invalid config for {name}={value:?}");
+            };
+            let text = problems.to_string();
+            assert!(
+                text.contains("routes: must be an array of tables: [[routes]] in the file, or from the environment TRIBUTARY__ROUTES holding a TOML inline array"),
+                "{text}"
+            );
+            assert!(text.contains(expected), "{text}");
+            assert!(
+                !text.contains("secret-looking"),
+                "the value is repeated: {text}"
+            );
+        }
+        // A route read from the environment is checked like one from a file.
+        let Err(ConfigError::Invalid(problems)) = Config::load_with(
+            &ConfigSource::Defaults,
+            env(&[(
+                "TRIBUTARY__ROUTES",
+                r#"[{ name = "bad", mqtt_filters = ["a/#/b"], kafka_topic = "a" }]"#,
+            )]),
+        ) else {
+            panic!("expected an invalid config");
+        };
+        let text = problems.to_string();
+        assert!(text.contains("routes[0].mqtt_filters[0]: '#'"), "{text}");
+    }
+
+    #[test]
+    fn built_in_defaults_listen_on_loopback_only() {
+        // Anyone may connect without [auth]: only this machine, unless told.
+        let config = Config::from_toml("").unwrap();
+        assert!(config.auth.anonymous_allowed());
+        let mqtt: SocketAddr = config.mqtt.listen.parse().unwrap();
+        let http = config.http_addr().unwrap();
+        assert!(mqtt.ip().is_loopback(), "{mqtt}");
+        assert!(http.ip().is_loopback(), "{http}");
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tributary-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -5,12 +5,166 @@
 use std::io;
 use std::net::SocketAddr;
 
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use tributary_bridge::DeliveryFailure;
+
 /// Device connections open now.
 pub const CONNECTIONS_CURRENT: &str = "tributary_connections_current";
 /// Device connections accepted since start.
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tributary_connections_accepted_total";
 /// Device connections refused, by `reason`.
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "tributary_connections_refused_total";
+
+/// The `reason` of a connection refused because `mqtt.max_connections` are
+/// open: the refusal operators alert on.
+pub const CONNECTION_LIMIT: &str = "connection_limit";
+
+/// Gives every broker metric its `# HELP` text and unit. Called once the
+/// recorder is installed (a description given before is lost).
+pub fn describe() {
+    describe_gauge!(
+        CONNECTIONS_CURRENT,
+        Unit::Count,
+        "Device connections open now."
+    );
+    describe_counter!(
+        CONNECTIONS_ACCEPTED_TOTAL,
+        Unit::Count,
+        "Device TCP connections accepted."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "Device connections refused before or at CONNECT, by reason (connection_limit, connect_timeout, malformed, bad_password, ...)."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED_TOTAL,
+        Unit::Count,
+        "Device connections that ended after CONNECT, by reason (disconnect, connection_lost, keep_alive_timeout, kafka_refused, shutdown, ...)."
+    );
+    describe_counter!(
+        CONNECTIONS_ESTABLISHED_TOTAL,
+        Unit::Count,
+        "MQTT handshakes completed, by protocol version (3.1.1, 5)."
+    );
+    describe_counter!(
+        SESSIONS_TAKEN_OVER_TOTAL,
+        Unit::Count,
+        "Connections that took over a client id already connected."
+    );
+    describe_counter!(
+        PUBLISHES_RECEIVED_TOTAL,
+        Unit::Count,
+        "PUBLISH packets received from devices, by QoS."
+    );
+    describe_counter!(
+        PUBLISHES_REFUSED_TOTAL,
+        Unit::Count,
+        "QoS 1/2 publishes acknowledged negatively or not at all because Kafka (or the spool) did not take them, by QoS and reason."
+    );
+    describe_histogram!(
+        PUBLISH_ACK_SECONDS,
+        Unit::Seconds,
+        "Time from reading a QoS 1/2 PUBLISH to its positive PUBACK/PUBREC, by QoS; its count is the publishes acknowledged."
+    );
+    describe_gauge!(
+        INFLIGHT_MESSAGES,
+        Unit::Count,
+        "QoS 1/2 publishes waiting for Kafka, in every connection's window."
+    );
+    describe_counter!(
+        WILLS_TOTAL,
+        Unit::Count,
+        "Wills, by outcome: delivered, not_in_kafka, router_failed, or cancelled by a reconnect."
+    );
+    describe_counter!(
+        ROUTE_RELOADS_TOTAL,
+        Unit::Count,
+        "Reloads of the routes from the configuration file, by result (ok, failed: the routes in use stay)."
+    );
+    describe_counter!(
+        HANDSHAKES_FAILED_TOTAL,
+        Unit::Count,
+        "TLS or WebSocket handshakes that failed or timed out, by listener and reason."
+    );
+    describe_counter!(
+        TLS_RELOADS_TOTAL,
+        Unit::Count,
+        "Reloads of a TLS listener's certificate files, by listener and outcome (replaced, refused)."
+    );
+    describe_counter!(
+        AUTH_RELOADS_TOTAL,
+        Unit::Count,
+        "Reloads of the password file and the ACL, by file and outcome (replaced, refused)."
+    );
+    describe_counter!(
+        PUBLISHES_DENIED_TOTAL,
+        Unit::Count,
+        "PUBLISHes and wills the ACL refused, by QoS: nothing of them reached Kafka or a subscriber."
+    );
+    describe_counter!(
+        SUBSCRIPTIONS_DENIED_TOTAL,
+        Unit::Count,
+        "Topic filters of SUBSCRIBEs the ACL refused."
+    );
+    describe_counter!(
+        DELIVERIES_DENIED_TOTAL,
+        Unit::Count,
+        "Messages not delivered to a subscriber whose ACL does not let it read their topic."
+    );
+    describe_counter!(
+        KAFKA_PACE_CHANGES_TOTAL,
+        Unit::Count,
+        "Connections whose Kafka records changed pace, by to (prompt: sent at once under light load; batched: lingering)."
+    );
+    describe_counter!(
+        DELIVERIES_SKIPPED_TOTAL,
+        Unit::Count,
+        "Messages for a subscriber the gateway did not send, as MQTT requires, by reason (expired, no_local, too_large_for_client, qos0_while_away, session_queue_full)."
+    );
+    describe_counter!(
+        SHARES_HANDED_OFF_TOTAL,
+        Unit::Count,
+        "Shared-subscription messages given to another group member because the first left without acknowledging them."
+    );
+    describe_counter!(
+        SESSIONS_EXPIRED_TOTAL,
+        Unit::Count,
+        "Stored sessions that reached their expiry and were removed."
+    );
+    tributary_bridge::events::describe();
+}
+
+/// Registers the series users alert on and dashboards show, with every label
+/// value known in advance, so each reads 0 from the start: `rate()` works at
+/// once and a dashboard is not empty. Route and source series are registered
+/// with their routes and sources. Only handles are taken: a value already
+/// there (another server in the same process) is left as it is.
+pub fn register() {
+    let _ = metrics::gauge!(CONNECTIONS_CURRENT);
+    let _ = metrics::counter!(CONNECTIONS_ACCEPTED_TOTAL);
+    let _ = metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => CONNECTION_LIMIT);
+    for version in crate::link::codec::Version::ALL {
+        let _ = metrics::counter!(CONNECTIONS_ESTABLISHED_TOTAL, "version" => version.label());
+    }
+    let _ = metrics::counter!(SESSIONS_TAKEN_OVER_TOTAL);
+    let _ = metrics::counter!(SESSIONS_EXPIRED_TOTAL);
+    // Received (every QoS), acknowledged (the histograms' counts), in flight.
+    let _ = per_publish();
+    for qos in [1, 2] {
+        for failure in DeliveryFailure::ALL {
+            let _ = metrics::counter!(
+                PUBLISHES_REFUSED_TOTAL,
+                "qos" => qos_label(qos),
+                "reason" => failure.label()
+            );
+        }
+    }
+    for result in [ROUTES_RELOADED, ROUTES_NOT_RELOADED] {
+        let _ = metrics::counter!(ROUTE_RELOADS_TOTAL, "result" => result);
+    }
+    tributary_bridge::events::register();
+}
 
 /// A listener is bound and serving.
 pub struct ListenerStarted<'a> {
@@ -25,6 +179,24 @@ impl ListenerStarted<'_> {
     }
 }
 
+/// A listener on a non-loopback address lets clients in without checking
+/// credentials: said once at start, since it is seldom meant outside a
+/// trusted network.
+pub struct OpenToNetwork<'a> {
+    pub listener: &'a str,
+    pub addr: SocketAddr,
+}
+
+impl OpenToNetwork<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            listener = self.listener,
+            addr = %self.addr,
+            "anyone who reaches this address may connect without credentials: configure [auth] (README, \"Security\")"
+        );
+    }
+}
+
 /// Started with no `[[routes]]`.
 pub struct NoRoutes;
 
@@ -36,6 +208,10 @@ impl NoRoutes {
 
 /// Route reloads, by `result` (`ok`, `failed`).
 pub const ROUTE_RELOADS_TOTAL: &str = "tributary_route_reloads_total";
+/// The `result` of a reload whose routes are in use.
+const ROUTES_RELOADED: &str = "ok";
+/// The `result` of a reload refused: the routes in use stay.
+const ROUTES_NOT_RELOADED: &str = "failed";
 
 /// New routes are in use.
 pub struct RoutesReloaded {
@@ -54,7 +230,7 @@ impl RoutesReloaded {
             changed = self.changed,
             "routes reloaded: publishes from now on take the new routes"
         );
-        metrics::counter!(ROUTE_RELOADS_TOTAL, "result" => "ok").increment(1);
+        metrics::counter!(ROUTE_RELOADS_TOTAL, "result" => ROUTES_RELOADED).increment(1);
     }
 }
 
@@ -78,7 +254,7 @@ impl RoutesNotReloaded<'_> {
             self.source,
             problems.join("; ")
         );
-        metrics::counter!(ROUTE_RELOADS_TOTAL, "result" => "failed").increment(1);
+        metrics::counter!(ROUTE_RELOADS_TOTAL, "result" => ROUTES_NOT_RELOADED).increment(1);
     }
 }
 

@@ -213,6 +213,13 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         let socket = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding listener {} on {addr}", listener.name))?;
+        if listener_config.takes_anyone(&config.auth) && !addr.ip().is_loopback() {
+            events::OpenToNetwork {
+                listener: &listener.name,
+                addr,
+            }
+            .emit();
+        }
         bound.push((Arc::new(listener), socket));
     }
     let http = TcpListener::bind(config.http_addr()?)

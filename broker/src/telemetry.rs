@@ -52,8 +52,9 @@ pub fn init_tracing(log: &LogConfig) {
     };
 }
 
-/// The process's Prometheus recorder, installed on first use. One per process:
-/// tests that start several servers share it.
+/// The process's Prometheus recorder, installed on first use, with every
+/// metric described and the known series registered. One per process: tests
+/// that start several servers share it.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -78,6 +79,10 @@ pub fn prometheus() -> PrometheusHandle {
             // Another recorder may already be installed (an embedding program);
             // then our handle renders nothing, which /metrics shows plainly.
             let _ = metrics::set_global_recorder(recorder);
+            // Every metric has its # HELP line, and the series users alert
+            // on are there, at 0, before anything happens.
+            crate::events::describe();
+            crate::events::register();
             handle
         })
         .clone()

@@ -150,6 +150,42 @@ fn check_config_says_when_only_the_defaults_were_checked_and_warns_of_no_routes(
 }
 
 #[test]
+fn routes_can_come_from_the_environment_as_the_readme_writes_them() {
+    let dir = std::env::temp_dir().join(format!("tributary-cli-{}-envroutes", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = tributary()
+        .arg("--check-config")
+        .current_dir(&dir)
+        .env(
+            "TRIBUTARY__ROUTES",
+            r#"[{ name = "telemetry", mqtt_filters = ["sensors/#"], kafka_topic = "sensors" },
+                { name = "alarms", mqtt_filters = ["alarms/+"], kafka_topic = "alarms", key = "client_id" }]"#,
+        )
+        .output()
+        .unwrap();
+    assert!(good.status.success(), "{good:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&good.stdout),
+        "configuration is valid (2 routes): checked built-in defaults (no configuration file) \
+         with environment overrides TRIBUTARY__ROUTES\n"
+    );
+    // The form a newcomer tries first is refused with the form that works.
+    let bad = tributary()
+        .arg("--check-config")
+        .current_dir(&dir)
+        .env("TRIBUTARY__ROUTES__0__NAME", "telemetry")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("routes: must be an array of tables: [[routes]] in the file, or from the environment TRIBUTARY__ROUTES holding a TOML inline array"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_reports_every_problem_of_every_route_with_its_index() {
     // The first route's wrong key type used to hide the rest of that route, and
     // the second route's problems came out as routes[0].

@@ -25,6 +25,42 @@ pub const SOURCE_COMMIT_FAILURES_TOTAL: &str = "tributary_kafka_source_commit_fa
 /// Errors the consumer reported instead of a record, by `source`.
 pub const SOURCE_ERRORS_TOTAL: &str = "tributary_kafka_source_errors_total";
 
+/// Gives every Kafka source metric its `# HELP` text and unit (through
+/// [`crate::events::describe`]).
+pub(crate) fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(
+        SOURCE_CONSUMED_TOTAL,
+        Unit::Count,
+        "Records read from Kafka by a Kafka source, by source."
+    );
+    describe_counter!(
+        SOURCE_PUBLISHED_TOTAL,
+        Unit::Count,
+        "Records of a Kafka source the router took as MQTT messages, by source."
+    );
+    describe_counter!(
+        SOURCE_SKIPPED_TOTAL,
+        Unit::Count,
+        "Records of a Kafka source no MQTT message can be made of, skipped with their offsets committed, by source and reason."
+    );
+    describe_gauge!(
+        SOURCE_LAG_RECORDS,
+        Unit::Count,
+        "Records behind the end of each partition a Kafka source consumes (librdkafka's statistics), by source, topic and partition."
+    );
+    describe_counter!(
+        SOURCE_COMMIT_FAILURES_TOTAL,
+        Unit::Count,
+        "Offset commits of a Kafka source that Kafka refused, by source."
+    );
+    describe_counter!(
+        SOURCE_ERRORS_TOTAL,
+        Unit::Count,
+        "Errors a Kafka source's consumer reported instead of a record, by source."
+    );
+}
+
 /// One source's counters, registered at start (so they read 0 before the
 /// first record); the hot path only bumps handles.
 #[derive(Clone)]

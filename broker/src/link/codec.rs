@@ -27,6 +27,9 @@ pub enum Version {
 }
 
 impl Version {
+    /// Every version served: the `version` label values.
+    pub const ALL: [Version; 2] = [Version::V4, Version::V5];
+
     pub fn label(self) -> &'static str {
         match self {
             Version::V4 => "3.1.1",

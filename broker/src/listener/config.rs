@@ -118,6 +118,15 @@ fn default_ws_path() -> String {
 }
 
 impl ListenerConfig {
+    /// True when anyone who reaches this listener gets in without a checked
+    /// credential: anonymous clients are allowed, or nothing checks the
+    /// credentials given; a required client certificate closes it.
+    pub fn takes_anyone(&self, auth: &crate::auth::AuthConfig) -> bool {
+        let unchecked =
+            self.allow_anonymous.unwrap_or(auth.anonymous_allowed()) || !auth.checks_credentials();
+        unchecked && !self.require_client_cert
+    }
+
     /// The plain MQTT listener used when no `[[listeners]]` are configured.
     pub fn plain(listen: &str) -> ListenerConfig {
         ListenerConfig {
@@ -267,6 +276,37 @@ mod tests {
             key_file: Some("k.pem".into()),
             ..ListenerConfig::plain(listen)
         }
+    }
+
+    #[test]
+    fn a_listener_takes_anyone_unless_credentials_or_certificates_are_checked() {
+        use crate::auth::AuthConfig;
+        let open = AuthConfig::default();
+        let passwords = AuthConfig {
+            password_file: Some("passwd".into()),
+            ..AuthConfig::default()
+        };
+        let plain = ListenerConfig::plain("127.0.0.1:1883");
+        assert!(plain.takes_anyone(&open));
+        assert!(!plain.takes_anyone(&passwords));
+        // Anonymous clients allowed on this listener: open again.
+        let anonymous = ListenerConfig {
+            allow_anonymous: Some(true),
+            ..plain.clone()
+        };
+        assert!(anonymous.takes_anyone(&passwords));
+        // Anonymous refused, but nothing checks the user names given.
+        let no_anonymous = ListenerConfig {
+            allow_anonymous: Some(false),
+            ..plain
+        };
+        assert!(no_anonymous.takes_anyone(&open));
+        let mutual_tls = ListenerConfig {
+            require_client_cert: true,
+            client_ca_file: Some("ca.pem".into()),
+            ..tls("0.0.0.0:8883")
+        };
+        assert!(!mutual_tls.takes_anyone(&open));
     }
 
     #[test]

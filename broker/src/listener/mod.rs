@@ -217,7 +217,7 @@ pub async fn accept_loop<F, Fut>(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             events::ConnectionRefused {
                 peer,
-                reason: "connection_limit",
+                reason: events::CONNECTION_LIMIT,
             }
             .emit();
             drop(stream);
