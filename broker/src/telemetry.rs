@@ -65,12 +65,16 @@ pub fn prometheus() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let upkeep = handle.clone();
+            // The process's own metrics (`process_resident_memory_bytes`,
+            // CPU seconds, open files, threads), read from /proc.
+            let process = metrics_process::Collector::default();
             // A thread of its own: the recorder outlives any one runtime
             // (tests start several), and the work is a few µs a second.
             let started = std::thread::Builder::new()
                 .name("metrics-upkeep".into())
                 .spawn(move || loop {
                     std::thread::sleep(UPKEEP_INTERVAL);
+                    process.collect();
                     upkeep.run_upkeep();
                 });
             if let Err(error) = started {
@@ -82,6 +86,9 @@ pub fn prometheus() -> PrometheusHandle {
             // Every metric has its # HELP line, and the series users alert
             // on are there, at 0, before anything happens.
             crate::events::describe();
+            let process = metrics_process::Collector::default();
+            process.describe();
+            process.collect();
             crate::events::register();
             handle
         })

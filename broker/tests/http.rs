@@ -120,6 +120,8 @@ async fn metrics_pass_promtool_and_alerting_series_exist_from_the_start() {
         "tributary_inflight_messages",
         "tributary_kafka_up",
         "tributary_kafka_queued_records",
+        "process_resident_memory_bytes",
+        "process_open_fds",
         "tributary_kafka_delivered_total{route=\"promtool\"}",
         "tributary_spool_bytes",
         "tributary_spool_records",
