@@ -209,25 +209,14 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
                 },
                 Target::Direct => unreachable!(),
             };
-            let publish_args = PublishArgs {
-                host: "127.0.0.1".into(),
+            let publish_args = suite_publish(
                 port,
-                connections: scenario.connections,
-                inflight: scenario.inflight,
-                qos: scenario.qos,
-                payload_size: scenario.payload,
-                messages: 0,
-                duration_secs: Some(seconds),
-                rate: None,
+                scenario,
+                seconds,
                 topic,
-                protocol: 4,
-                run_id: None,
-                payload_format: crate::payload::PayloadFormat::Binary,
-                client_prefix: format!("suite{i}{}", target.short()),
-                json_out: None,
-                manifest_out: None,
-                quiet: true,
-            };
+                crate::payload::PayloadFormat::Binary,
+                format!("suite{i}{}", target.short()),
+            );
             let sampler = server.sample();
             let (result, manifest) = publish::run(&publish_args).await?;
             let usage = sampler.stop().await;
@@ -255,25 +244,14 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let mut format_rows = Vec::new();
     for (i, (label, _)) in FORMATS.iter().enumerate() {
         let scenario = FORMAT_SCENARIO;
-        let publish_args = PublishArgs {
-            host: "127.0.0.1".into(),
-            port: mqtt_port,
-            connections: scenario.connections,
-            inflight: scenario.inflight,
-            qos: scenario.qos,
-            payload_size: scenario.payload,
-            payload_format: crate::payload::PayloadFormat::Json,
-            messages: 0,
-            duration_secs: Some(seconds),
-            rate: None,
-            topic: format!("bench/f{i}/{{conn}}"),
-            protocol: 4,
-            run_id: None,
-            client_prefix: format!("suitef{i}"),
-            json_out: None,
-            manifest_out: None,
-            quiet: true,
-        };
+        let publish_args = suite_publish(
+            mqtt_port,
+            &scenario,
+            seconds,
+            format!("bench/f{i}/{{conn}}"),
+            crate::payload::PayloadFormat::Json,
+            format!("suitef{i}"),
+        );
         let sampler = tributary.sample();
         let (result, manifest) = publish::run(&publish_args).await?;
         let usage = sampler.stop().await;
@@ -359,6 +337,36 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One timed run of the suite's load on `port`.
+fn suite_publish(
+    port: u16,
+    scenario: &Scenario,
+    seconds: f64,
+    topic: String,
+    payload_format: crate::payload::PayloadFormat,
+    client_prefix: String,
+) -> PublishArgs {
+    PublishArgs {
+        host: "127.0.0.1".into(),
+        port,
+        connections: scenario.connections,
+        inflight: scenario.inflight,
+        qos: scenario.qos,
+        payload_size: scenario.payload,
+        payload_format,
+        messages: 0,
+        duration_secs: Some(seconds),
+        rate: None,
+        topic,
+        protocol: 4,
+        run_id: None,
+        client_prefix,
+        json_out: None,
+        manifest_out: None,
+        quiet: true,
+    }
 }
 
 fn progress_line(target: Target, scenario: &Scenario, result: &RunResult) -> String {

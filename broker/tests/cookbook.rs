@@ -11,9 +11,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Message, OwnedMessage};
-use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::AsyncClient;
 use serde_json::Value;
 use tributary::config::Config;
 use tributary::Server;
@@ -83,18 +83,9 @@ async fn publish_v5(server: &Server, client_id: &str, topic: &str, payload: &[u8
         .publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet5::PubAck(ack)))) => {
-                let _ = client.disconnect().await;
-                return ack.reason;
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => panic!("the connection failed: {error}"),
-            Err(_) => panic!("no PUBACK within 30 s"),
-        }
-    }
+    let reason = common::next_puback_v5(&mut eventloop).await;
+    let _ = client.disconnect().await;
+    reason
 }
 
 fn json(message: &OwnedMessage) -> Value {

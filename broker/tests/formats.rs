@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
-use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::AsyncClient;
 use serde_json::{json, Value};
 use tributary_bridge::format::{Envelope, EnvelopeField, EnvelopePayload};
 use tributary_bridge::testing::{consume, create_topic, header, require_kafka, unique_topic};
@@ -74,19 +74,6 @@ fn the_reference_murmur2_is_kafkas() {
             "{:?}",
             String::from_utf8_lossy(input)
         );
-    }
-}
-
-/// Waits for the next PUBACK and returns its reason.
-async fn next_puback(eventloop: &mut rumqttc::v5::EventLoop) -> PubAckReason {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet5::PubAck(ack)))) => return ack.reason,
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => panic!("the connection failed: {error}"),
-            Err(_) => panic!("no PUBACK within 30 s"),
-        }
     }
 }
 
@@ -165,7 +152,10 @@ async fn templated_topics_and_keys_json_envelopes_and_mqtt5_headers_reach_kafka(
             )
             .await
             .unwrap();
-        assert_eq!(next_puback(&mut eventloop).await, PubAckReason::Success);
+        assert_eq!(
+            common::next_puback_v5(&mut eventloop).await,
+            PubAckReason::Success
+        );
     }
     // A payload without the key's field, and one that is not JSON: each is
     // refused on its own (0x99); the connection goes on.
@@ -175,7 +165,7 @@ async fn templated_topics_and_keys_json_envelopes_and_mqtt5_headers_reach_kafka(
             .await
             .unwrap();
         assert_eq!(
-            next_puback(&mut eventloop).await,
+            common::next_puback_v5(&mut eventloop).await,
             PubAckReason::PayloadFormatInvalid
         );
     }
@@ -188,7 +178,10 @@ async fn templated_topics_and_keys_json_envelopes_and_mqtt5_headers_reach_kafka(
         )
         .await
         .unwrap();
-    assert_eq!(next_puback(&mut eventloop).await, PubAckReason::Success);
+    assert_eq!(
+        common::next_puback_v5(&mut eventloop).await,
+        PubAckReason::Success
+    );
 
     let mut seen = Vec::new();
     for (region, expected) in [("eu", 3), ("us", 2)] {
@@ -264,7 +257,7 @@ async fn publish_v5(
         .publish(topic, QoS::AtLeastOnce, false, payload)
         .await
         .unwrap();
-    next_puback(eventloop).await
+    common::next_puback_v5(eventloop).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

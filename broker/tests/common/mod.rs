@@ -100,6 +100,23 @@ pub fn v4_options(addr: SocketAddr, client_id: &str) -> rumqttc::MqttOptions {
 }
 
 /// rumqttc MQTT 5 options for Tributary at `addr`.
+/// Waits (30 s at most) for the next PUBACK on an MQTT 5 client's event
+/// loop and returns its reason code.
+pub async fn next_puback_v5(
+    eventloop: &mut rumqttc::v5::EventLoop,
+) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+    use rumqttc::v5::{mqttbytes::v5::Packet, Event};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => return ack.reason,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("the connection failed: {error}"),
+            Err(_) => panic!("no PUBACK within 30 s"),
+        }
+    }
+}
+
 pub fn v5_options(addr: SocketAddr, client_id: &str) -> rumqttc::v5::MqttOptions {
     let mut options = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     options.set_keep_alive(Duration::from_secs(30));
