@@ -47,7 +47,9 @@ impl Target {
             Some(slash) => (&rest[..slash], &rest[slash..]),
             None => (rest, READINESS_PATH),
         };
-        if authority.is_empty() || authority.contains(['@', ' ']) || path.contains([' ', '\r', '\n'])
+        if authority.is_empty()
+            || authority.contains(['@', ' '])
+            || path.contains([' ', '\r', '\n'])
         {
             return Err(Failure::BadUrl(format!(
                 "'{url}' is not a URL like http://127.0.0.1:9464/readyz"
@@ -226,7 +228,12 @@ mod tests {
 
     #[test]
     fn urls_it_cannot_ask_are_refused() {
-        for url in ["https://host:9464/readyz", "http:///readyz", "", "http://a b/"] {
+        for url in [
+            "https://host:9464/readyz",
+            "http:///readyz",
+            "",
+            "http://a b/",
+        ] {
             assert!(Target::parse(url).is_err(), "{url}");
         }
     }
@@ -245,7 +252,8 @@ mod tests {
     fn answers_are_read_for_their_status_and_first_body_line() {
         let ready = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n";
         assert_eq!(parse_answer(ready), Some((200, "ready".to_owned())));
-        let not_ready = b"HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready: Kafka\x1b[31m down\nmore\n";
+        let not_ready =
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready: Kafka\x1b[31m down\nmore\n";
         assert_eq!(
             parse_answer(not_ready),
             Some((503, "not ready: Kafka[31m down".to_owned()))

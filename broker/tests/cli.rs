@@ -524,7 +524,9 @@ fn healthcheck_fails_with_the_servers_reason_while_kafka_is_unreachable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.starts_with(&format!("not healthy: http://{http}/readyz: 503 not ready: ")),
+        stderr.starts_with(&format!(
+            "not healthy: http://{http}/readyz: 503 not ready: "
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("Kafka"), "{stderr}");
