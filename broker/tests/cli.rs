@@ -451,7 +451,7 @@ fn check_config_accepts_the_compose_config() {
 
 /// `tributary healthcheck` as a container engine runs it.
 fn healthcheck(args: &[&str]) -> Output {
-    tributary().args(args).arg("healthcheck").output().unwrap()
+    tributary().arg("healthcheck").args(args).output().unwrap()
 }
 
 /// A loopback port nothing listens on right now.
