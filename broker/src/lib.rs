@@ -18,6 +18,7 @@ use tributary_bridge::{spawn_metadata_probe, Producer, RouteTable};
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod healthcheck;
 pub mod http;
 pub mod link;
 pub mod listener;

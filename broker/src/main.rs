@@ -21,7 +21,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Args {
     /// Configuration file (TOML). Default: conf/tributary.toml if present, else
     /// built-in defaults. TRIBUTARY__SECTION__KEY environment variables override it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration, report every problem, and exit.
     #[arg(long)]
@@ -44,14 +44,24 @@ enum Command {
         /// The user name.
         user: String,
     },
+    /// Ask a running Tributary's `/readyz`: exit 0 when it answers 200,
+    /// 1 otherwise, with the reason on stderr (for container health checks).
+    Healthcheck {
+        /// Where to ask, e.g. http://127.0.0.1:9464/readyz. Default: the
+        /// configuration's http.listen (0.0.0.0 and [::] asked on loopback).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Passwd { delete, file, user }) = args.command {
-        return passwd(&file, &user, delete);
-    }
     let source = ConfigSource::resolve(args.config.as_deref());
+    match args.command {
+        Some(Command::Passwd { delete, file, user }) => return passwd(&file, &user, delete),
+        Some(Command::Healthcheck { url }) => return healthcheck(url.as_deref(), &source),
+        None => {}
+    }
     let config = match Config::load(&source) {
         Ok(config) => config,
         Err(ConfigError::Invalid(problems)) => {
@@ -123,6 +133,29 @@ fn environment_overrides() -> String {
     }
     names.sort();
     format!(" with environment overrides {}", names.join(", "))
+}
+
+/// `tributary healthcheck`. Exits 0 or 1 only: container engines reserve
+/// other codes (Docker: 2).
+fn healthcheck(url: Option<&str>, source: &ConfigSource) -> ExitCode {
+    use tributary::healthcheck::{check, Target, DEFAULT_TIMEOUT};
+    let target = match url {
+        Some(url) => Target::parse(url).map_err(|failure| failure.to_string()),
+        None => Config::load(source)
+            .map_err(|_| format!("invalid configuration: check it with --check-config ({source})"))
+            .and_then(|config| config.http_addr().map_err(|error| error.to_string()))
+            .map(Target::readiness_of),
+    };
+    match target.and_then(|target| check(&target, DEFAULT_TIMEOUT).map_err(|f| f.to_string())) {
+        Ok(reason) => {
+            println!("{reason}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("not healthy: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `tributary passwd`: never echoes, logs or prints the password.

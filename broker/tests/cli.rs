@@ -475,3 +475,109 @@ acl_file = "{}"
     );
     assert_eq!(reloaded.len(), 3, "{reloaded:?}");
 }
+
+#[test]
+fn check_config_accepts_the_compose_config() {
+    let stdout = check_shipped("docker.toml");
+    assert!(
+        stdout.starts_with("configuration is valid (1 route): checked "),
+        "{stdout}"
+    );
+}
+
+/// `tributary healthcheck` as a container engine runs it.
+fn healthcheck(args: &[&str]) -> Output {
+    tributary().arg("healthcheck").args(args).output().unwrap()
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+#[test]
+fn healthcheck_passes_once_the_server_it_finds_in_the_config_is_ready() {
+    let bootstrap = tributary_bridge::testing::require_kafka();
+    // A fixed HTTP port, so that the health check finds it in the file, as
+    // in the container.
+    let port = free_port();
+    let config = TempConfig::new(
+        "healthy",
+        &format!(
+            r##"
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:{port}"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+metadata_probe_interval_ms = 500
+"##
+        ),
+    );
+    let server = common::Process::start(&config.path);
+    server.wait_for(Duration::from_secs(30), |line| {
+        line.contains("listener=\"http\"")
+    });
+    let path = config.path.to_str().unwrap();
+    // Ready once Kafka answered its first metadata request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = healthcheck(&["--config", path]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn healthcheck_fails_in_one_line_when_nothing_listens() {
+    let url = format!("http://127.0.0.1:{}/readyz", free_port());
+    let out = healthcheck(&["--url", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("not healthy: {url}: cannot connect: ")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn healthcheck_fails_with_the_servers_reason_while_kafka_is_unreachable() {
+    let config = TempConfig::new("unhealthy", KAFKA_DOWN);
+    let server = common::Process::start(&config.path);
+    let (_, http) = server.addrs();
+    let out = healthcheck(&["--url", &format!("http://{http}/readyz")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "not healthy: http://{http}/readyz: 503 not ready: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Kafka"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn healthcheck_refuses_what_it_cannot_ask() {
+    let out = healthcheck(&["--url", "https://127.0.0.1:9464/readyz"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("only http"), "{stderr}");
+    let config = TempConfig::new("bad-for-healthcheck", "[http]\nlisten = \"nowhere\"\n");
+    let out = healthcheck(&["--config", config.path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--check-config"), "{stderr}");
+}
