@@ -801,3 +801,12 @@ impl SourceWaiting<'_> {
         );
     }
 }
+
+/// SIGINT or SIGTERM came while the server was starting: it stops there.
+pub struct StoppedWhileStarting;
+
+impl StoppedWhileStarting {
+    pub fn emit(self) {
+        tracing::warn!("stopped while starting (SIGINT or SIGTERM); nothing was acknowledged yet");
+    }
+}

@@ -348,32 +348,67 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     })
 }
 
-/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully. The signals are
+/// taken over before anything starts: one that comes while starting (a long
+/// spool recovery, say) ends the start at once, since nothing has been
+/// acknowledged to any device yet. (As PID 1 in a container, a process that
+/// has not taken SIGTERM over ignores it, and is killed after the grace
+/// period.)
 pub async fn run_until_signal(config: Config, source: ConfigSource) -> anyhow::Result<()> {
-    let server = start_from(config, source).await?;
-    wait_for_signal().await;
+    let mut signals = StopSignals::install();
+    let server = tokio::select! {
+        server = start_from(config, source) => server?,
+        () = signals.next() => {
+            events::StoppedWhileStarting.emit();
+            return Ok(());
+        }
+    };
+    signals.next().await;
     server.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, taken over from their default action when installed.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(signal: Option<&mut tokio::signal::unix::Signal>) {
+                if let Some(signal) = signal {
+                    if signal.recv().await.is_some() {
+                        return;
+                    }
+                }
+                std::future::pending().await
+            }
+            tokio::select! {
+                () = one(self.interrupt.as_mut()) => {}
+                () = one(self.terminate.as_mut()) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -581,3 +581,43 @@ fn healthcheck_refuses_what_it_cannot_ask() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--check-config"), "{stderr}");
 }
+
+/// SIGTERM while it is still starting (here: right after it warned that no
+/// routes are configured, before its listeners are bound): the signal is
+/// already Tributary's, and ends the start at once with exit 0. Left to its
+/// default action it would kill the process; as PID 1 in a container it
+/// would be ignored until the grace period ran out.
+#[test]
+fn sigterm_while_starting_ends_the_start_cleanly() {
+    let config = TempConfig::new(
+        "sigterm-starting",
+        r#"
+shutdown_timeout_ms = 1000
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+"#,
+    );
+    for _ in 0..3 {
+        let mut tributary = common::Process::start(&config.path);
+        tributary.wait_for(Duration::from_secs(30), |line| {
+            line.contains("no [[routes]] configured")
+        });
+        // Only the process this test started, by its PID.
+        let status = Command::new("kill")
+            .args(["-TERM", &tributary.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tributary
+            .wait_exit(Duration::from_secs(15))
+            .expect("it stops within the shutdown timeout");
+        assert!(
+            exit.success(),
+            "a clean exit, not killed by the signal: {exit:?}"
+        );
+    }
+}

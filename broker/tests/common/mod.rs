@@ -352,6 +352,18 @@ impl Process {
         self.child.id()
     }
 
+    /// How it ended, if it did within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The log's lines up to and including the first for which `done` is
     /// true; panics with what was read if none comes within `timeout`.
     pub fn wait_for(&self, timeout: Duration, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
