@@ -271,7 +271,9 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     // not start.
     let stop_sources = CancellationToken::new();
     let sources = TaskTracker::new();
-    let directory = Arc::new(link::directory::Directory::default());
+    let directory = Arc::new(link::directory::Directory::new(
+        !config.kafka_sources.is_empty(),
+    ));
     crate::source::start(
         &config.kafka_sources,
         &config.kafka,

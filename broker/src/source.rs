@@ -37,7 +37,7 @@ use tributary_bridge::source::{Source, SourceConfig, SourceMessage, MAX_BATCH};
 use tributary_bridge::KafkaConfig;
 
 use crate::events;
-use crate::link::directory::{Directory, Letter, Recipients};
+use crate::link::directory::{Directory, Letter, Post, Recipients};
 use crate::link::origin::Origin;
 use crate::link::retained::{Retained, RetainedMessage};
 use crate::router::RESERVED_CLIENT_PREFIX;
@@ -130,7 +130,7 @@ impl Publisher {
     /// turn, with room; else the first still there, once it has room.
     async fn deliver_to_one(
         &self,
-        members: &[mpsc::Sender<Letter>],
+        members: &[Post],
         letter: &Letter,
         source: &str,
         stop: &CancellationToken,
@@ -139,7 +139,7 @@ impl Publisher {
             let start = self.turn % members.len().max(1);
             let mut full = None;
             for member in members[start..].iter().chain(&members[..start]) {
-                match member.try_send(letter.clone()) {
+                match member.try_send(Box::new(letter.clone())) {
                     Ok(()) => return true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         full.get_or_insert(member);
@@ -167,12 +167,7 @@ enum Put {
 }
 
 /// Puts a copy of `letter` into `mailbox` once it has room.
-async fn put(
-    mailbox: &mpsc::Sender<Letter>,
-    letter: &Letter,
-    source: &str,
-    stop: &CancellationToken,
-) -> Put {
+async fn put(mailbox: &Post, letter: &Letter, source: &str, stop: &CancellationToken) -> Put {
     let mut waited = Duration::ZERO;
     loop {
         tokio::select! {
@@ -180,7 +175,7 @@ async fn put(
             () = stop.cancelled() => return Put::Stopped,
             room = tokio::time::timeout(MAILBOX_WAIT, mailbox.reserve()) => match room {
                 Ok(Ok(permit)) => {
-                    permit.send(letter.clone());
+                    permit.send(Box::new(letter.clone()));
                     return Put::Done;
                 }
                 Ok(Err(_)) => return Put::Gone,

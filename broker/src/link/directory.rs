@@ -14,6 +14,10 @@
 //! A session's entry lives as long as its [`Mailbox`], which the session
 //! owns and carries between its connection and the store: dropping the
 //! session (discarded, expired, or its last subscription gone) removes it.
+//!
+//! Without Kafka sources the directory keeps nothing: no session pays for
+//! it. With them, a subscribed session's mailbox costs a few hundred bytes
+//! while empty (letters are boxed: the channel's first block holds pointers).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,20 +38,23 @@ pub struct Letter {
     pub properties: Option<PublishProperties>,
 }
 
+/// What a mailbox carries.
+pub type Post = mpsc::Sender<Box<Letter>>;
+
 /// Where a message goes: every session subscribed to it, and one member of
 /// each shared subscription matching it.
 #[derive(Default)]
 pub struct Recipients {
-    pub sessions: Vec<mpsc::Sender<Letter>>,
+    pub sessions: Vec<Post>,
     /// Per shared subscription (`$share/{group}/{filter}`), its members.
-    pub groups: Vec<Vec<mpsc::Sender<Letter>>>,
+    pub groups: Vec<Vec<Post>>,
 }
 
 struct Entry {
     generation: u64,
     /// Its subscriptions as subscribed (`$share/…` included).
     filters: Vec<String>,
-    tx: mpsc::Sender<Letter>,
+    tx: Post,
 }
 
 #[derive(Default)]
@@ -57,14 +64,15 @@ struct Inner {
 }
 
 /// Every session with subscriptions, shared by the links and the sources.
-#[derive(Default)]
 pub struct Directory {
+    /// False when no Kafka source runs: then nothing is kept.
+    enabled: bool,
     inner: Mutex<Inner>,
 }
 
 /// A session's receiving end; its entry in the [`Directory`] goes with it.
 pub struct Mailbox {
-    rx: mpsc::Receiver<Letter>,
+    rx: mpsc::Receiver<Box<Letter>>,
     client_id: Arc<str>,
     generation: u64,
     directory: Arc<Directory>,
@@ -74,7 +82,7 @@ impl Mailbox {
     /// The next letter; `None` once a newer session of the same client id
     /// took the entry over (nothing more comes here).
     pub async fn recv(&mut self) -> Option<Letter> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|letter| *letter)
     }
 }
 
@@ -108,6 +116,15 @@ impl Drop for Mailbox {
 }
 
 impl Directory {
+    /// A directory that keeps sessions only when `enabled` (Kafka sources
+    /// are configured).
+    pub fn new(enabled: bool) -> Directory {
+        Directory {
+            enabled,
+            inner: Mutex::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -121,7 +138,7 @@ impl Directory {
         subscriptions: &Subscriptions,
         mailbox: &mut Option<Mailbox>,
     ) {
-        if subscriptions.is_empty() {
+        if !self.enabled || subscriptions.is_empty() {
             *mailbox = None;
             return;
         }
@@ -164,7 +181,7 @@ impl Directory {
     pub fn recipients(&self, topic: &str) -> Recipients {
         let inner = self.lock();
         let mut recipients = Recipients::default();
-        let mut groups: HashMap<&str, Vec<mpsc::Sender<Letter>>> = HashMap::new();
+        let mut groups: HashMap<&str, Vec<Post>> = HashMap::new();
         for entry in inner.sessions.values() {
             let mut plain = false;
             let mut shared = Vec::new();
@@ -230,7 +247,7 @@ mod tests {
 
     #[test]
     fn each_session_once_each_group_once() {
-        let directory = Arc::new(Directory::default());
+        let directory = Arc::new(Directory::new(true));
         let mut mailboxes: Vec<Option<Mailbox>> = (0..4).map(|_| None).collect();
         let sets: [&[&str]; 4] = [
             &["devices/+/commands", "devices/#"],
@@ -255,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_entry_goes_with_the_mailbox_and_a_newer_session_keeps_its_own() {
-        let directory = Arc::new(Directory::default());
+        let directory = Arc::new(Directory::new(true));
         let client: Arc<str> = Arc::from("c");
         let mut older = None;
         directory.update(&client, &subscriptions(&["a"]), &mut older);
@@ -268,11 +285,20 @@ mod tests {
         drop(older);
         let to = directory.recipients("b");
         assert_eq!(to.sessions.len(), 1);
-        to.sessions[0].send(letter()).await.unwrap();
+        to.sessions[0].send(Box::new(letter())).await.unwrap();
         assert!(newer.as_mut().unwrap().recv().await.is_some());
         // Its last subscription gone, the session has no mailbox and no entry.
         directory.update(&client, &Subscriptions::default(), &mut newer);
         assert!(newer.is_none());
+        assert_eq!(directory.len(), 0);
+    }
+
+    #[test]
+    fn without_sources_nothing_is_kept() {
+        let directory = Arc::new(Directory::new(false));
+        let mut mailbox = None;
+        directory.update(&Arc::from("c"), &subscriptions(&["a"]), &mut mailbox);
+        assert!(mailbox.is_none());
         assert_eq!(directory.len(), 0);
     }
 }
