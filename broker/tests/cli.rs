@@ -451,12 +451,7 @@ acl_file = "{}"
     tributary.wait_for(Duration::from_secs(30), |line| {
         line.contains("listener=\"devices\"")
     });
-    // Only the process this test started, by its PID.
-    let status = Command::new("kill")
-        .args(["-HUP", &tributary.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    tributary.signal("HUP");
     let log = tributary.wait_for(Duration::from_secs(10), |line| {
         line.contains("SIGHUP: reloading")
     });
@@ -606,12 +601,7 @@ bootstrap_servers = "127.0.0.1:1"
         tributary.wait_for(Duration::from_secs(30), |line| {
             line.contains("no [[routes]] configured")
         });
-        // Only the process this test started, by its PID.
-        let status = Command::new("kill")
-            .args(["-TERM", &tributary.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        tributary.signal("TERM");
         let exit = tributary
             .wait_exit(Duration::from_secs(15))
             .expect("it stops within the shutdown timeout");

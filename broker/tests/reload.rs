@@ -127,19 +127,13 @@ async fn routes_follow_the_file_and_an_invalid_file_changes_nothing() {
     // Back to the first topic; SIGHUP reads the file at once (without
     // waiting for the next look at it).
     write_routes(&path, &bootstrap, &route("r", "data/#", &first));
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &process.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    process.signal("HUP");
     process.wait_for(Duration::from_secs(15), |line| {
         line.contains("routes reloaded")
     });
     publish(&client, &mut eventloop, "data/1", "back to first").await;
     // SIGHUP with nothing changed: nothing happens to the routes.
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &process.pid().to_string()])
-        .status();
+    process.signal("HUP");
     process.wait_for(Duration::from_secs(15), |line| {
         line.contains("routes unchanged")
     });

@@ -352,6 +352,16 @@ impl Process {
         self.child.id()
     }
 
+    /// Sends it `signal` (`"HUP"`, `"TERM"`, …) with kill(1): only the
+    /// process this test started, by its PID.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
     /// How it ended, if it did within `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
