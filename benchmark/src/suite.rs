@@ -222,12 +222,7 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
             let usage = sampler.stop().await;
             let mut verdict = None;
             if target == Target::Routed && scenario.qos > 0 {
-                let bootstrap = args.bootstrap.clone();
-                let topics = vec![routed_topic(i)];
-                let checked = tokio::task::spawn_blocking(move || {
-                    verify::verify(&bootstrap, &topics, &manifest, Duration::from_secs(60))
-                })
-                .await??;
+                let checked = in_kafka(&args.bootstrap, routed_topic(i), manifest).await?;
                 missing_total += checked.missing;
                 verdict = Some(checked);
             }
@@ -255,12 +250,7 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
         let sampler = tributary.sample();
         let (result, manifest) = publish::run(&publish_args).await?;
         let usage = sampler.stop().await;
-        let bootstrap = args.bootstrap.clone();
-        let topics = vec![format_topic(i)];
-        let checked = tokio::task::spawn_blocking(move || {
-            verify::verify(&bootstrap, &topics, &manifest, Duration::from_secs(60))
-        })
-        .await??;
+        let checked = in_kafka(&args.bootstrap, format_topic(i), manifest).await?;
         missing_total += checked.missing;
         eprintln!(
             "{}  format {label}",
@@ -337,6 +327,20 @@ pub async fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Accounts in Kafka's `topic` for every message `manifest` says was
+/// acknowledged.
+async fn in_kafka(
+    bootstrap: &str,
+    topic: String,
+    manifest: crate::manifest::Manifest,
+) -> anyhow::Result<crate::verify::Verdict> {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        verify::verify(&bootstrap, &[topic], &manifest, Duration::from_secs(60))
+    })
+    .await?
 }
 
 /// One timed run of the suite's load on `port`.

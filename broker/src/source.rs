@@ -106,11 +106,16 @@ impl Publisher {
         }
     }
 
-    /// Puts `letter` into every recipient's mailbox, waiting while one is
+    /// Puts `message` into every recipient's mailbox, waiting while one is
     /// full; false if `stop` came first (then it is not delivered to all).
-    async fn deliver(&mut self, letter: Letter, source: &str, stop: &CancellationToken) -> bool {
-        let topic = String::from_utf8_lossy(&letter.publish.topic).into_owned();
-        let Recipients { sessions, groups } = self.directory.recipients(&topic);
+    async fn deliver(
+        &mut self,
+        message: SourceMessage,
+        source: &str,
+        stop: &CancellationToken,
+    ) -> bool {
+        let Recipients { sessions, groups } = self.directory.recipients(&message.topic);
+        let letter = self.letter(message);
         for session in sessions {
             // An error: the session ended meanwhile, and is owed nothing.
             if matches!(put(&session, &letter, source, stop).await, Put::Stopped) {
@@ -191,16 +196,15 @@ async fn put(mailbox: &Post, letter: &Letter, source: &str, stop: &CancellationT
 /// Reads and delivers, one batch at a time; a batch's offsets are stored
 /// only after all of it is delivered.
 async fn run(mut source: Source, mut publisher: Publisher, stop: CancellationToken) {
+    let name = source.name().to_owned();
     loop {
         let batch = tokio::select! {
             biased;
             () = stop.cancelled() => break,
             batch = source.next_batch(MAX_BATCH) => batch,
         };
-        let name = source.name().to_owned();
         for message in batch.messages {
-            let letter = publisher.letter(message);
-            if !publisher.deliver(letter, &name, &stop).await {
+            if !publisher.deliver(message, &name, &stop).await {
                 // Not delivered to all: not stored, read again after the restart.
                 source.close().await;
                 return;

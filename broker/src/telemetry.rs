@@ -65,9 +65,18 @@ pub fn prometheus() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let upkeep = handle.clone();
-            // The process's own metrics (`process_resident_memory_bytes`,
-            // CPU seconds, open files, threads), read from /proc.
+            // Another recorder may already be installed (an embedding program);
+            // then our handle renders nothing, which /metrics shows plainly.
+            let _ = metrics::set_global_recorder(recorder);
+            // Every metric has its # HELP line, and the series users alert
+            // on are there, at 0, before anything happens; so are the
+            // process's own (`process_resident_memory_bytes`, CPU seconds,
+            // open files, threads, read from /proc).
+            crate::events::describe();
             let process = metrics_process::Collector::default();
+            process.describe();
+            process.collect();
+            crate::events::register();
             // A thread of its own: the recorder outlives any one runtime
             // (tests start several), and the work is a few µs a second.
             let started = std::thread::Builder::new()
@@ -80,16 +89,6 @@ pub fn prometheus() -> PrometheusHandle {
             if let Err(error) = started {
                 tracing::error!(%error, "cannot start the metrics upkeep thread; histogram samples are folded only when /metrics is scraped");
             }
-            // Another recorder may already be installed (an embedding program);
-            // then our handle renders nothing, which /metrics shows plainly.
-            let _ = metrics::set_global_recorder(recorder);
-            // Every metric has its # HELP line, and the series users alert
-            // on are there, at 0, before anything happens.
-            crate::events::describe();
-            let process = metrics_process::Collector::default();
-            process.describe();
-            process.collect();
-            crate::events::register();
             handle
         })
         .clone()

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use rumqttd::protocol::{Publish, PublishProperties};
 use tokio::sync::mpsc;
 
+use super::registry::shrink;
 use super::subscriptions::{split_shared, Subscriptions};
 
 /// Letters a mailbox holds before the source waits: a few chunks' worth of
@@ -106,11 +107,7 @@ impl Drop for Mailbox {
             .is_some_and(|entry| entry.generation == self.generation)
         {
             inner.sessions.remove(&self.client_id);
-            if inner.sessions.capacity() > 64
-                && inner.sessions.len() < inner.sessions.capacity() / 4
-            {
-                inner.sessions.shrink_to_fit();
-            }
+            shrink(&mut inner.sessions);
         }
     }
 }
